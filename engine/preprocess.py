@@ -1,0 +1,107 @@
+"""Image preprocessing, defined once.
+
+Every consumer (training loader, calibration, every inference backend) calls
+:func:`load_image` or :func:`preprocess`, so the pixels a model was trained on
+are exactly the pixels it sees in deployment. The result is always uint8 RGB
+HWC of the model's square input size; normalisation lives inside the model
+(and inside the exported ONNX graph), never here.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+DEFAULT_SIZE = 112
+MIN_SOURCE_SIDE = 8  # smaller than this carries no face: refuse rather than upsample noise
+MAX_PIXELS = 50_000_000  # checked from the header, before any pixel is decoded
+
+
+class ImageError(ValueError):
+    """An input that is not a usable image; the message names the source."""
+
+
+def _header_size(data: bytes, source: str) -> tuple[int, int]:
+    """Width and height from the file header only (Pillow opens lazily)."""
+    import io
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.size
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{source}: image too large ({exc})") from None
+    except Exception:
+        # Formats Pillow does not know may still be decodable by OpenCV.
+        return (0, 0)
+
+
+def decode(data: bytes, source: str = "<bytes>") -> np.ndarray:
+    """Decode encoded image bytes into 8-bit RGB HWC.
+
+    Grayscale, RGBA/BGRA and 16-bit inputs are converted; anything OpenCV
+    cannot decode (text, zero bytes, truncated files) raises :class:`ImageError`.
+    """
+    if len(data) == 0:
+        raise ImageError(f"{source}: empty file (0 bytes)")
+    w, h = _header_size(data, source)
+    if w * h > MAX_PIXELS:
+        raise ImageError(f"{source}: image header says {w}x{h}, over the {MAX_PIXELS:,} pixel limit")
+    buf = np.frombuffer(data, dtype=np.uint8)
+    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if img is None or img.size == 0:
+        raise ImageError(f"{source}: not a decodable image")
+    if _truncated_jpeg(data):
+        raise ImageError(f"{source}: truncated JPEG (no end-of-image marker)")
+    if img.dtype == np.uint16:
+        img = (img >> 8).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        img = cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    if img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    channels = img.shape[2]
+    if channels == 1:
+        return cv2.cvtColor(img[:, :, 0], cv2.COLOR_GRAY2RGB)
+    if channels == 4:
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    if channels == 3:
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    raise ImageError(f"{source}: unsupported channel count {channels}")
+
+
+def _truncated_jpeg(data: bytes) -> bool:
+    # libjpeg fills a truncated scan with grey and only warns; the EOI marker
+    # (FFD9) near the end is the cheap, reliable tell.
+    return data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-64:]
+
+
+def preprocess(rgb: np.ndarray, size: int = DEFAULT_SIZE, source: str = "<array>") -> np.ndarray:
+    """Centre-crop to a square and resize to ``size``; uint8 RGB HWC in, out."""
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ImageError(f"{source}: expected uint8 HxWx3 RGB, got {rgb.dtype} {rgb.shape}")
+    h, w = rgb.shape[:2]
+    if min(h, w) < MIN_SOURCE_SIDE:
+        raise ImageError(f"{source}: image is {w}x{h}, smaller than {MIN_SOURCE_SIDE}px on a side")
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    crop = rgb[top : top + side, left : left + side]
+    if side == size:
+        return np.ascontiguousarray(crop)
+    interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
+    return cv2.resize(crop, (size, size), interpolation=interp)
+
+
+def load_image(path: str | os.PathLike, size: int = DEFAULT_SIZE) -> np.ndarray:
+    """Read, decode and preprocess one file: uint8 RGB (size, size, 3)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ImageError(f"{path}: is a directory, not an image") from None
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read ({exc.strerror})") from None
+    return preprocess(decode(data, str(path)), size, str(path))

@@ -1,0 +1,68 @@
+"""Shared fixtures: synthetic face-like images, the shared-data location."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def face_data_dir() -> Path:
+    """$FACE_DATA, defaulting to ../shared/data beside the project."""
+    return Path(os.environ.get("FACE_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture
+def face_data() -> Path:
+    root = face_data_dir()
+    if not (root / "lfw-deepfunneled").is_dir():
+        pytest.skip(f"shared face data not found at {root} (set FACE_DATA)")
+    return root
+
+
+def synthetic_face(seed: int, size: int = 96) -> np.ndarray:
+    """A deterministic RGB image with a face-like layout: skin ellipse, eyes, mouth.
+
+    Each seed gives a different 'identity' (colours, proportions), so tests of
+    readers, attacks and training have structure to work with.
+    """
+    rng = np.random.default_rng(seed)
+    img = np.full((size, size, 3), rng.integers(30, 220, 3), dtype=np.uint8)
+    c = size // 2
+    skin = tuple(int(v) for v in rng.integers(90, 255, 3))
+    cv2.ellipse(img, (c, c), (int(size * rng.uniform(0.25, 0.35)), int(size * rng.uniform(0.35, 0.45))),
+                0, 0, 360, skin, -1)
+    eye = tuple(int(v) for v in rng.integers(0, 80, 3))
+    dx, dy = int(size * rng.uniform(0.1, 0.16)), int(size * 0.1)
+    for sx in (-1, 1):
+        cv2.circle(img, (c + sx * dx, c - dy), max(2, size // 24), eye, -1)
+    cv2.ellipse(img, (c, c + int(size * 0.2)), (int(size * rng.uniform(0.08, 0.15)), size // 30), 0, 0, 360,
+                (int(rng.integers(100, 200)), 30, 40), -1)
+    noise = rng.normal(0, 6, img.shape)
+    return np.clip(img + noise, 0, 255).astype(np.uint8)
+
+
+def write_jpeg(path: Path, rgb: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    assert ok
+    path.write_bytes(buf.tobytes())
+    return path
+
+
+@pytest.fixture
+def identity_folders(tmp_path) -> Path:
+    """6 identities x 4 real images each, as generic identity folders."""
+    root = tmp_path / "faces"
+    for ident in range(6):
+        for k in range(4):
+            img = synthetic_face(ident * 1000 + k * 0)  # same identity = same base face
+            rng = np.random.default_rng(ident * 100 + k)
+            shift = rng.integers(-3, 4, 2)
+            img = np.roll(img, tuple(int(s) for s in shift), axis=(0, 1))
+            write_jpeg(root / f"person_{ident:02d}" / f"person_{ident:02d}_{k + 1:04d}.jpg", img)
+    return root

@@ -1,0 +1,189 @@
+"""ResNet backbones (torchvision layer names) and the face embedding model.
+
+The backbone keeps torchvision's parameter names (``conv1``, ``bn1``,
+``layer1.0.conv1`` ...) so a torchvision-format state dict loads with
+``--init``. :class:`FaceEmbedder` wraps it with the contract of
+:mod:`engine.contract`: uint8 RGB NHWC in, L2-normalised float32 (B, D) out,
+with normalisation inside the module so export, training and every backend
+agree by construction.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.contract import ModelConfig
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class ResNet(nn.Module):
+    """torchvision's ResNet trunk without ``avgpool``/``fc`` (the head replaces them)."""
+
+    def __init__(self, block, layers: list[int]):
+        super().__init__()
+        self.inplanes = 64
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.layer1 = self._make_layer(block, 64, layers[0])
+        self.layer2 = self._make_layer(block, 128, layers[1], 2)
+        self.layer3 = self._make_layer(block, 256, layers[2], 2)
+        self.layer4 = self._make_layer(block, 512, layers[3], 2)
+        self.out_channels = 512 * block.expansion
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        # Zero the last BN of each residual branch: blocks start as identities,
+        # which trains faster from scratch (Goyal et al. 2017).
+        for m in self.modules():
+            last_bn = getattr(m, "bn3", None) if isinstance(m, Bottleneck) else getattr(m, "bn2", None)
+            if isinstance(m, (BasicBlock, Bottleneck)):
+                nn.init.zeros_(last_bn.weight)
+
+    def _make_layer(self, block, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or self.inplanes != planes * block.expansion:
+            downsample = nn.Sequential(
+                nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
+                nn.BatchNorm2d(planes * block.expansion),
+            )
+        layers = [block(self.inplanes, planes, stride, downsample)]
+        self.inplanes = planes * block.expansion
+        layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+
+_BACKBONES: dict[str, Callable[[], ResNet]] = {
+    "resnet18": lambda: ResNet(BasicBlock, [2, 2, 2, 2]),
+    "resnet34": lambda: ResNet(BasicBlock, [3, 4, 6, 3]),
+    "resnet50": lambda: ResNet(Bottleneck, [3, 4, 6, 3]),
+}
+
+
+def available_models() -> list[str]:
+    return sorted(_BACKBONES)
+
+
+class EmbeddingHead(nn.Module):
+    """BN - dropout - global depthwise conv - FC - BN.
+
+    The depthwise conv over the whole final map (MobileFaceNet's "GDC") keeps
+    a learned spatial weighting, which plain average pooling throws away, at a
+    cost of a few thousand parameters.
+    """
+
+    def __init__(self, channels: int, map_size: int, embedding_dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.bn_in = nn.BatchNorm2d(channels)
+        self.dropout = nn.Dropout(dropout)
+        self.gdc = nn.Conv2d(channels, channels, map_size, groups=channels, bias=False)
+        self.fc = nn.Linear(channels, embedding_dim, bias=False)
+        self.bn_out = nn.BatchNorm1d(embedding_dim)
+
+    def forward(self, x):
+        x = self.gdc(self.dropout(self.bn_in(x))).flatten(1)
+        return self.bn_out(self.fc(x))
+
+
+def feature_map_size(input_size: int) -> int:
+    """Side of the last feature map for torchvision's stride-32 trunk."""
+    side = input_size
+    for _ in range(5):  # conv1, maxpool, layer2, layer3, layer4 each halve (rounding up)
+        side = math.ceil(side / 2)
+    return side
+
+
+class FaceEmbedder(nn.Module):
+    """uint8 RGB NHWC images -> L2-normalised float32 embeddings (B, D)."""
+
+    def __init__(self, config: ModelConfig, dropout: float = 0.0):
+        super().__init__()
+        if config.arch not in _BACKBONES:
+            raise ValueError(f"unknown arch {config.arch!r}; available: {available_models()}")
+        self.config = config
+        self.backbone = _BACKBONES[config.arch]()
+        self.head = EmbeddingHead(self.backbone.out_channels, feature_map_size(config.input_size),
+                                  config.embedding_dim, dropout)
+        # Buffers so they travel with .to() and are folded into the exported graph.
+        self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_inv_std", 1.0 / torch.tensor(config.pixel_std).view(1, 3, 1, 1),
+                             persistent=False)
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        # NHWC -> NCHW as a view: memory stays channels_last, which is what
+        # the CPU (oneDNN) and cuDNN convolution kernels prefer.
+        x = images.permute(0, 3, 1, 2).float()
+        return (x - self.pixel_mean) * self.pixel_inv_std
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.backbone(self.normalise(images))
+        return F.normalize(self.head(features).float(), dim=1)
+
+
+def get_model(config: ModelConfig | str, **kwargs) -> FaceEmbedder:
+    """Registry entry point: ``get_model("resnet34")`` or ``get_model(ModelConfig(...))``."""
+    if isinstance(config, str):
+        config = ModelConfig(arch=config)
+    return FaceEmbedder(config, **kwargs)
+
+
+def load_torchvision_backbone(model: FaceEmbedder, state_dict: dict) -> dict:
+    """Load a torchvision-format ResNet state dict into ``model.backbone``.
+
+    ``fc.*`` (the ImageNet classifier) is dropped; returns the lists of
+    missing and unexpected keys so the caller can report them.
+    """
+    sd = {k.removeprefix("module."): v for k, v in state_dict.items() if not k.startswith("fc.")}
+    result = model.backbone.load_state_dict(sd, strict=False)
+    if len(result.missing_keys) == len(model.backbone.state_dict()):
+        raise ValueError("no key of the state dict matches the backbone: not a torchvision-format ResNet")
+    return {"missing": list(result.missing_keys), "unexpected": list(result.unexpected_keys)}
