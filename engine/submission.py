@@ -1,0 +1,241 @@
+"""Kryptonite submission files: write them, read them, score them against labels.
+
+A submission is a CSV ``pair_id,similarity`` with one row per pair, ordered by
+pair id, ids zero-padded to 8 digits (the organisers' scorer reads rows in file
+order). The scorer here does not trust row order: it joins the submission with
+a label CSV ``pair_id,label[,type,attack]`` on the pair id and reports ids that
+are missing, extra or duplicated.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from engine.datasets import DataError
+
+ID_WIDTH = 8
+SUBMISSION_HEADER = ("pair_id", "similarity")
+
+
+class SubmissionWarning(UserWarning):
+    """A problem in a submission or label file that still allows scoring (missing or duplicate ids)."""
+
+
+def normalise_pair_id(raw) -> str:
+    """A pair id as written in submissions: digits zero-padded to 8; other ids stripped, unchanged."""
+    if isinstance(raw, (int, np.integer)) and not isinstance(raw, bool):
+        if raw < 0:
+            raise ValueError(f"pair id must not be negative, got {raw}")
+        return str(int(raw)).zfill(ID_WIDTH)
+    text = str(raw).strip()
+    return text.zfill(ID_WIDTH) if text.isdigit() else text
+
+
+def _sort_key(pair_id: str):
+    return (0, int(pair_id), "") if pair_id.isdigit() else (1, 0, pair_id)
+
+
+def write_submission(path, pair_ids, scores) -> Path:
+    """Write ``pair_id,similarity`` rows ordered by pair id, ids zero-padded to 8 digits.
+
+    Ids may be integers or digit strings; duplicates, non-numeric ids and
+    non-finite scores are refused (ValueError). The file appears atomically
+    (temporary file in the same folder, then ``os.replace``).
+    """
+    path = Path(path)
+    scores = np.asarray(scores)
+    ids = [normalise_pair_id(i) for i in pair_ids]
+    if scores.ndim != 1 or len(ids) != len(scores):
+        raise ValueError(f"{len(ids)} pair ids but scores of shape {scores.shape}")
+    if not ids:
+        raise ValueError("no pairs to write")
+    bad = [i for i in ids if not i.isdigit()]
+    if bad:
+        raise ValueError(f"pair ids must be non-negative integers, got {bad[0]!r}")
+    try:
+        values = scores.astype(np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"scores must be numbers, got dtype {scores.dtype}") from None
+    nonfinite = np.flatnonzero(~np.isfinite(values))
+    if nonfinite.size:
+        k = int(nonfinite[0])
+        raise ValueError(f"score for pair {ids[k]} (row {k}) is {values[k]}; scores must be finite")
+    order = sorted(range(len(ids)), key=lambda k: int(ids[k]))
+    for a, b in zip(order, order[1:]):
+        if ids[a] == ids[b]:
+            raise ValueError(f"duplicate pair id {ids[a]}")
+    # float32 round-trips with 9 significant digits; float64 needs repr's shortest form.
+    fmt = "{:.9g}".format if scores.dtype.kind == "f" and scores.dtype.itemsize <= 4 else repr
+    floats = values.tolist()
+    lines = [",".join(SUBMISSION_HEADER)] + [f"{ids[k]},{fmt(floats[k])}" for k in order]
+    _write_text_atomic(path, "\n".join(lines) + "\n")
+    return path
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _rows(path: Path, required: tuple[str, ...], optional: tuple[str, ...] = ()):
+    """Yield (line number, {column: text}) from a CSV with a header naming ``required`` columns."""
+    try:
+        f = open(path, newline="", encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, expected a CSV file") from None
+    with f:
+        reader = csv.reader(f)
+        try:
+            header = next(reader, None)
+            if header is None:
+                raise DataError(f"{path}: empty file, expected a header {','.join(required)}")
+            header = [h.strip() for h in header]
+            missing = [c for c in required if c not in header]
+            if missing:
+                raise DataError(f"{path}:1: header {','.join(header)!r} lacks column(s) {missing}; "
+                                f"expected {','.join(required + optional)}")
+            where = {c: header.index(c) for c in required + optional if c in header}
+            for row in reader:
+                if not row or all(not cell.strip() for cell in row):
+                    continue
+                if len(row) != len(header):
+                    raise DataError(f"{path}:{reader.line_num}: {len(row)} fields, header has {len(header)}")
+                yield reader.line_num, {c: row[k].strip() for c, k in where.items()}
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: not UTF-8 text ({exc.reason})") from None
+        except csv.Error as exc:
+            raise DataError(f"{path}:{reader.line_num}: {exc}") from None
+
+
+def _read_submission(path) -> tuple[dict[str, float], list[str]]:
+    path = Path(path)
+    out: dict[str, float] = {}
+    duplicates: list[str] = []
+    for line, row in _rows(path, SUBMISSION_HEADER):
+        pid = normalise_pair_id(row["pair_id"])
+        if not pid:
+            raise DataError(f"{path}:{line}: empty pair_id")
+        try:
+            value = float(row["similarity"])
+        except ValueError:
+            raise DataError(f"{path}:{line}: similarity {row['similarity']!r} is not a number") from None
+        if not math.isfinite(value):
+            raise DataError(f"{path}:{line}: similarity is {value}; scores must be finite")
+        if pid in out:
+            duplicates.append(pid)
+            continue  # the first row for an id counts
+        out[pid] = value
+    if not out:
+        raise DataError(f"{path}: no rows after the header")
+    return out, duplicates
+
+
+def read_submission(path) -> dict[str, float]:
+    """``{pair_id: similarity}`` from a submission CSV; warns about duplicate ids (first row wins).
+
+    Raises :class:`engine.datasets.DataError` naming ``file:line`` for malformed rows.
+    """
+    scores, duplicates = _read_submission(path)
+    if duplicates:
+        _warn(f"{path}: {len(duplicates)} duplicate pair id(s), first row kept", duplicates)
+    return scores
+
+
+def _read_label_csv(path) -> tuple[dict[str, tuple[int, str, str]], list[str], bool, bool]:
+    """``{pair_id: (label, type, attack)}``, duplicate ids, and whether type/attack columns exist.
+
+    Private reader: engine.datasets has no label-CSV reader yet.
+    """
+    from engine.datasets import GENUINE, PAIR_TYPES
+
+    path = Path(path)
+    out: dict[str, tuple[int, str, str]] = {}
+    duplicates: list[str] = []
+    has_type = has_attack = False
+    for line, row in _rows(path, ("pair_id", "label"), ("type", "attack")):
+        has_type, has_attack = "type" in row, "attack" in row
+        pid = normalise_pair_id(row["pair_id"])
+        if not pid:
+            raise DataError(f"{path}:{line}: empty pair_id")
+        if row["label"] not in ("0", "1"):
+            raise DataError(f"{path}:{line}: label {row['label']!r} must be 0 or 1")
+        label = int(row["label"])
+        kind = row.get("type", "")
+        if kind and kind not in PAIR_TYPES:
+            raise DataError(f"{path}:{line}: type {kind!r} must be one of {list(PAIR_TYPES)} or empty")
+        if kind and (kind == GENUINE) != (label == 1):
+            raise DataError(f"{path}:{line}: type {kind!r} contradicts label {label}")
+        if pid in out:
+            duplicates.append(pid)
+            continue
+        out[pid] = (label, kind, row.get("attack", ""))
+    if not out:
+        raise DataError(f"{path}: no rows after the header")
+    return out, duplicates, has_type, has_attack
+
+
+def _warn(message: str, ids: list[str]) -> None:
+    shown = ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
+    warnings.warn(f"{message}: {shown}", SubmissionWarning, stacklevel=3)
+
+
+def score_submission(submission_csv, labels_csv, out_dir=None, *, method: str = "interpolated",
+                     bootstrap: int = 1000, seed: int = 0, threshold: float | None = None) -> dict:
+    """Score a submission against labels, joined on pair id; optionally write a report folder.
+
+    Missing ids (labelled but not submitted), extra ids (submitted but not
+    labelled) and duplicates in either file are warned about
+    (:class:`SubmissionWarning`) and returned under ``result["join"]``; the
+    metrics cover the ids present in both. Returns the :func:`engine.metrics.evaluate`
+    dict plus ``join``, ``submission`` and ``labels`` (paths).
+    """
+    from engine.metrics import evaluate
+
+    scores_by_id, dup_sub = _read_submission(submission_csv)
+    labels_by_id, dup_lab, has_type, has_attack = _read_label_csv(labels_csv)
+    missing = sorted((i for i in labels_by_id if i not in scores_by_id), key=_sort_key)
+    extra = sorted((i for i in scores_by_id if i not in labels_by_id), key=_sort_key)
+    if dup_sub:
+        _warn(f"{submission_csv}: {len(dup_sub)} duplicate pair id(s), first row kept", dup_sub)
+    if dup_lab:
+        _warn(f"{labels_csv}: {len(dup_lab)} duplicate pair id(s), first row kept", dup_lab)
+    if missing:
+        _warn(f"{submission_csv}: {len(missing)} labelled pair id(s) missing, scored without them", missing)
+    if extra:
+        _warn(f"{submission_csv}: {len(extra)} pair id(s) not in {labels_csv}, ignored", extra)
+    common = sorted((i for i in labels_by_id if i in scores_by_id), key=_sort_key)
+    if not common:
+        raise DataError(f"{submission_csv}: no pair id in common with {labels_csv}")
+    labels = np.array([labels_by_id[i][0] for i in common], dtype=np.int8)
+    scores = np.array([scores_by_id[i] for i in common], dtype=np.float64)
+    types = np.array([labels_by_id[i][1] for i in common]) if has_type else None
+    attacks = np.array([labels_by_id[i][2] for i in common]) if has_attack else None
+    try:
+        result = evaluate(labels, scores, types, attacks, threshold=threshold, bootstrap=bootstrap,
+                          seed=seed, method=method)
+    except ValueError as exc:
+        raise DataError(f"{labels_csv} joined with {submission_csv}: {exc}") from None
+    result["submission"] = str(submission_csv)
+    result["labels"] = str(labels_csv)
+    result["join"] = {"scored": len(common), "missing": missing, "extra": extra,
+                      "duplicate_submission": sorted(set(dup_sub), key=_sort_key),
+                      "duplicate_labels": sorted(set(dup_lab), key=_sort_key)}
+    if out_dir is not None:
+        from engine.report import write_report
+
+        write_report(result, out_dir, labels, scores, types)
+    return result
