@@ -47,7 +47,7 @@ def check_inputs(labels, scores) -> tuple[np.ndarray, np.ndarray]:
             raise ValueError(f"labels must be 0 or 1, got dtype {labels.dtype}") from None
         bad = np.flatnonzero((numeric != 0) & (numeric != 1))
         if bad.size:
-            raise ValueError(f"labels must be 0 or 1; row {bad[0]} has {labels[bad[0]]!r} "
+            raise ValueError(f"labels must be 0 or 1; row {bad[0]} has {labels[bad[0]].tolist()!r} "
                              f"({bad.size} bad row(s))")
         lab = numeric == 1
     n_pos = int(np.count_nonzero(lab))
@@ -385,12 +385,12 @@ def evaluate(labels, scores, types=None, attacks=None, *, threshold: float | Non
         typed = genuine | impostor | fake_same | fake_other
         bad = np.flatnonzero(~typed & (t != ""))
         if bad.size:
-            raise ValueError(f"row {int(order[bad[0]])}: unknown pair type {t[bad[0]]!r}; "
+            raise ValueError(f"row {int(order[bad[0]])}: unknown pair type {str(t[bad[0]])!r}; "
                              f"expected one of {list(PAIR_TYPES)} or ''")
         wrong = np.flatnonzero(typed & (genuine != slab))
         if wrong.size:
             row = int(order[wrong[0]])
-            raise ValueError(f"row {row}: type {t[wrong[0]]!r} contradicts label {int(slab[wrong[0]])}")
+            raise ValueError(f"row {row}: type {str(t[wrong[0]])!r} contradicts label {int(slab[wrong[0]])}")
         result["counts"] = {name: int(np.count_nonzero(m)) for name, m in
                             ((GENUINE, genuine), (IMPOSTOR, impostor), (FAKE_OF_SAME, fake_same),
                              (FAKE_OF_OTHER, fake_other))}

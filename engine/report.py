@@ -56,7 +56,7 @@ def format_markdown(result: dict) -> str:
         row(f"pairs: {name}", count)
     join = r.get("join")
     if join:
-        for key in ("missing", "extra", "duplicate_submission", "duplicate_labels"):
+        for key in ("missing", "extra", "duplicate_submission"):
             row(f"pair ids {key.replace('_', ' ')}", len(join.get(key, [])))
     text = "\n".join(lines) + "\n"
 

@@ -155,37 +155,19 @@ def read_submission(path) -> dict[str, float]:
     return scores
 
 
-def _read_label_csv(path) -> tuple[dict[str, tuple[int, str, str]], list[str], bool, bool]:
-    """``{pair_id: (label, type, attack)}``, duplicate ids, and whether type/attack columns exist.
+def _read_labels(path) -> dict[str, tuple[int, str, str]]:
+    """:func:`engine.datasets.read_label_csv` with ids normalised like submission ids."""
+    from engine.datasets import read_label_csv
 
-    Private reader: engine.datasets has no label-CSV reader yet.
-    """
-    from engine.datasets import GENUINE, PAIR_TYPES
-
-    path = Path(path)
     out: dict[str, tuple[int, str, str]] = {}
-    duplicates: list[str] = []
-    has_type = has_attack = False
-    for line, row in _rows(path, ("pair_id", "label"), ("type", "attack")):
-        has_type, has_attack = "type" in row, "attack" in row
-        pid = normalise_pair_id(row["pair_id"])
-        if not pid:
-            raise DataError(f"{path}:{line}: empty pair_id")
-        if row["label"] not in ("0", "1"):
-            raise DataError(f"{path}:{line}: label {row['label']!r} must be 0 or 1")
-        label = int(row["label"])
-        kind = row.get("type", "")
-        if kind and kind not in PAIR_TYPES:
-            raise DataError(f"{path}:{line}: type {kind!r} must be one of {list(PAIR_TYPES)} or empty")
-        if kind and (kind == GENUINE) != (label == 1):
-            raise DataError(f"{path}:{line}: type {kind!r} contradicts label {label}")
+    for raw, value in read_label_csv(path).items():
+        pid = normalise_pair_id(raw)
         if pid in out:
-            duplicates.append(pid)
-            continue
-        out[pid] = (label, kind, row.get("attack", ""))
+            raise DataError(f"{path}: pair id {raw!r} repeats another id once zero-padded ({pid})")
+        out[pid] = value
     if not out:
         raise DataError(f"{path}: no rows after the header")
-    return out, duplicates, has_type, has_attack
+    return out
 
 
 def _warn(message: str, ids: list[str]) -> None:
@@ -197,8 +179,9 @@ def score_submission(submission_csv, labels_csv, out_dir=None, *, method: str = 
                      bootstrap: int = 1000, seed: int = 0, threshold: float | None = None) -> dict:
     """Score a submission against labels, joined on pair id; optionally write a report folder.
 
-    Missing ids (labelled but not submitted), extra ids (submitted but not
-    labelled) and duplicates in either file are warned about
+    The label CSV is read by :func:`engine.datasets.read_label_csv` (a repeated
+    id there is an error). Missing ids (labelled but not submitted), extra ids
+    (submitted but not labelled) and duplicate submission rows are warned about
     (:class:`SubmissionWarning`) and returned under ``result["join"]``; the
     metrics cover the ids present in both. Returns the :func:`engine.metrics.evaluate`
     dict plus ``join``, ``submission`` and ``labels`` (paths).
@@ -206,13 +189,11 @@ def score_submission(submission_csv, labels_csv, out_dir=None, *, method: str = 
     from engine.metrics import evaluate
 
     scores_by_id, dup_sub = _read_submission(submission_csv)
-    labels_by_id, dup_lab, has_type, has_attack = _read_label_csv(labels_csv)
+    labels_by_id = _read_labels(labels_csv)
     missing = sorted((i for i in labels_by_id if i not in scores_by_id), key=_sort_key)
     extra = sorted((i for i in scores_by_id if i not in labels_by_id), key=_sort_key)
     if dup_sub:
         _warn(f"{submission_csv}: {len(dup_sub)} duplicate pair id(s), first row kept", dup_sub)
-    if dup_lab:
-        _warn(f"{labels_csv}: {len(dup_lab)} duplicate pair id(s), first row kept", dup_lab)
     if missing:
         _warn(f"{submission_csv}: {len(missing)} labelled pair id(s) missing, scored without them", missing)
     if extra:
@@ -222,8 +203,11 @@ def score_submission(submission_csv, labels_csv, out_dir=None, *, method: str = 
         raise DataError(f"{submission_csv}: no pair id in common with {labels_csv}")
     labels = np.array([labels_by_id[i][0] for i in common], dtype=np.int8)
     scores = np.array([scores_by_id[i] for i in common], dtype=np.float64)
-    types = np.array([labels_by_id[i][1] for i in common]) if has_type else None
-    attacks = np.array([labels_by_id[i][2] for i in common]) if has_attack else None
+    types = np.array([labels_by_id[i][1] for i in common])
+    attacks = np.array([labels_by_id[i][2] for i in common])
+    # Columns absent (or left empty) in the label CSV: no split by type / attack.
+    types = types if (types != "").any() else None
+    attacks = attacks if (attacks != "").any() else None
     try:
         result = evaluate(labels, scores, types, attacks, threshold=threshold, bootstrap=bootstrap,
                           seed=seed, method=method)
@@ -232,8 +216,7 @@ def score_submission(submission_csv, labels_csv, out_dir=None, *, method: str = 
     result["submission"] = str(submission_csv)
     result["labels"] = str(labels_csv)
     result["join"] = {"scored": len(common), "missing": missing, "extra": extra,
-                      "duplicate_submission": sorted(set(dup_sub), key=_sort_key),
-                      "duplicate_labels": sorted(set(dup_lab), key=_sort_key)}
+                      "duplicate_submission": sorted(set(dup_sub), key=_sort_key)}
     if out_dir is not None:
         from engine.report import write_report
 
