@@ -379,3 +379,70 @@ def read_identity_folders(root: str | os.PathLike, marker: str | os.PathLike | N
     if unlisted:
         raise DataError(f"{marker}: {unlisted[0]!r} is not an image in an identity folder of {root}")
     return samples
+
+
+# ------------------------------------------------------------------- CLI
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m engine.datasets <format> ...``: validate a dataset before a long run."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m engine.datasets",
+                                     description="Read and validate a dataset; print its counts. Exit 1 with "
+                                                 "the file (and line) of the first problem.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--check-images", action="store_true",
+                        help="also decode every image with engine.preprocess (slow; finds broken files)")
+    sub = parser.add_subparsers(dest="format", required=True)
+    p = sub.add_parser("kryptonite-train", parents=[common], help="train/meta.json + train/images/<identity>/<k>.jpg")
+    p.add_argument("root", help="dataset root holding train/, or the train folder itself")
+    p = sub.add_parser("split-csv", parents=[common], help="train.csv / val.csv (label,path,split,is_query,is_gallery)")
+    p.add_argument("path", help="the CSV file")
+    p.add_argument("--root", required=True, help="folder the CSV's paths are relative to")
+    p = sub.add_parser("pair-folder", parents=[common], help="test_public layout: images/<pair_id>/0.jpg,1.jpg [+ pairs.csv]")
+    p.add_argument("folder", help="folder holding images/ (and optionally pairs.csv)")
+    p.add_argument("--labels-csv", help="pair labels (pair_id,label[,type,attack]); default folder/pairs.csv if present")
+    p = sub.add_parser("lfw-pairs", parents=[common], help="LFW pairs.txt over identity folders")
+    p.add_argument("pairs_txt", help="pairs.txt (header '10\\t300')")
+    p.add_argument("--lfw-root", required=True, help="folder of LFW identity folders")
+    p = sub.add_parser("identity-folders", parents=[common], help="generic <identity>/<image> folders")
+    p.add_argument("root", help="folder of identity folders")
+    p.add_argument("--marker", help="JSON {relpath: 0|1} or CSV path,is_fake marking fakes")
+    args = parser.parse_args(argv)
+    try:
+        if args.format == "kryptonite-train":
+            items = read_kryptonite_train(args.root)
+        elif args.format == "split-csv":
+            items = read_split_csv(args.path, args.root)
+        elif args.format == "pair-folder":
+            items = read_pair_folder(args.folder, args.labels_csv)
+        elif args.format == "lfw-pairs":
+            items = read_lfw_pairs(args.lfw_root, args.pairs_txt)
+        else:
+            items = read_identity_folders(args.root, args.marker)
+        if isinstance(items[0], Sample):
+            paths = [s.path for s in items]
+            line = (f"{len(items)} images, {len({s.identity for s in items})} identities, "
+                    f"{sum(s.is_fake for s in items)} fake")
+        else:
+            paths = [p for pair in items for p in (pair.path_a, pair.path_b)]
+            labelled = [pair for pair in items if pair.label is not None]
+            line = f"{len(items)} pairs, {len(labelled)} labelled, {sum(pair.label == 1 for pair in labelled)} positive"
+        if args.check_images:
+            from engine.preprocess import ImageError, load_image
+
+            for path in dict.fromkeys(paths):
+                try:
+                    load_image(path)
+                except ImageError as exc:
+                    raise DataError(str(exc)) from None
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -49,12 +49,12 @@ def decode(data: bytes, source: str = "<bytes>") -> np.ndarray:
     w, h = _header_size(data, source)
     if w * h > MAX_PIXELS:
         raise ImageError(f"{source}: image header says {w}x{h}, over the {MAX_PIXELS:,} pixel limit")
+    if _truncated_jpeg(data):
+        raise ImageError(f"{source}: truncated JPEG (no end-of-image marker)")
     buf = np.frombuffer(data, dtype=np.uint8)
     img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if img is None or img.size == 0:
         raise ImageError(f"{source}: not a decodable image")
-    if _truncated_jpeg(data):
-        raise ImageError(f"{source}: truncated JPEG (no end-of-image marker)")
     if img.dtype == np.uint16:
         img = (img >> 8).astype(np.uint8)
     elif img.dtype != np.uint8:

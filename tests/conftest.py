@@ -66,3 +66,20 @@ def identity_folders(tmp_path) -> Path:
             img = np.roll(img, tuple(int(s) for s in shift), axis=(0, 1))
             write_jpeg(root / f"person_{ident:02d}" / f"person_{ident:02d}_{k + 1:04d}.jpg", img)
     return root
+
+
+def make_identity_folders(root: Path, identities: int, images: int, size: int = 64) -> Path:
+    """``identities`` x ``images`` synthetic faces as ``<root>/person_XX/person_XX_000k.jpg`` (LFW naming)."""
+    for ident in range(identities):
+        base = synthetic_face(ident * 1000, size)
+        for k in range(images):
+            rng = np.random.default_rng(ident * 100 + k)
+            img = np.roll(base, tuple(int(s) for s in rng.integers(-3, 4, 2)), axis=(0, 1))
+            write_jpeg(root / f"person_{ident:02d}" / f"person_{ident:02d}_{k + 1:04d}.jpg", img)
+    return root
+
+
+@pytest.fixture
+def small_faces(tmp_path) -> Path:
+    """12 identities x 3 images at 64x64: enough for identity-disjoint train/val/test splits."""
+    return make_identity_folders(tmp_path / "faces", 12, 3)

@@ -62,7 +62,7 @@ class PrepareError(RuntimeError):
 class Job:
     """One output image: a re-encoded real photo or a fake made from source images."""
 
-    dest: str          # path relative to the temporary output root
+    dest: str          # path relative to the temporary output root ("" = only check that target decodes)
     target: str        # source image (absolute path) whose identity the image shows
     attack: str = ""   # "" for a real image
     other: str = ""    # second source image for face-swap (host) / morph (partner)
@@ -265,6 +265,8 @@ class _Renderer:
         from training.attacks import synthesize
 
         img = self.load(job.target)
+        if not job.dest:  # a check-only job: the source image must decode
+            return
         if job.attack:
             rng = np.random.default_rng(np.random.SeedSequence(list(job.seed)))
             other = self.load(job.other) if job.other else None
@@ -278,7 +280,7 @@ class _Renderer:
 def _run_jobs(jobs: list[Job], root: Path, renderer: _Renderer, workers: int, progress: bool) -> None:
     from tqdm import tqdm
 
-    for d in sorted({str(Path(j.dest).parent) for j in jobs}):
+    for d in sorted({str(Path(j.dest).parent) for j in jobs if j.dest}):
         (root / d).mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(jobs), desc="prepare", unit="img", disable=not progress, file=sys.stderr)
     try:
@@ -438,7 +440,12 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, seed: int = 0, fa
     try:
         tmp.mkdir()
         renderer = _Renderer(size, jpeg_quality)
-        _run_jobs(train_jobs + val_jobs + test_jobs, tmp, renderer, workers, progress)
+        jobs = train_jobs + val_jobs + test_jobs
+        # Every image of a used identity must decode, even one no pair happens to
+        # draw: a broken source file is an error, never silently skipped.
+        rendered = {j.target for j in jobs} | {j.other for j in jobs if j.other}
+        checks = [Job("", path) for name in train + val + test for path in by_identity[name] if path not in rendered]
+        _run_jobs(checks + jobs, tmp, renderer, workers, progress)
         _write_json(tmp / "train" / "meta.json", meta)
         _write_json(tmp / "train" / "fakes.json", fakes)
         _write_json(tmp / "train" / "identities.json", numbers)
