@@ -182,8 +182,9 @@ def load_torchvision_backbone(model: FaceEmbedder, state_dict: dict) -> dict:
     ``fc.*`` (the ImageNet classifier) is dropped; returns the lists of
     missing and unexpected keys so the caller can report them.
     """
-    sd = {k.removeprefix("module."): v for k, v in state_dict.items() if not k.startswith("fc.")}
-    result = model.backbone.load_state_dict(sd, strict=False)
-    if len(result.missing_keys) == len(model.backbone.state_dict()):
+    sd = {k.removeprefix("module."): v for k, v in state_dict.items()}
+    sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
+    if not set(sd) & set(model.backbone.state_dict()):
         raise ValueError("no key of the state dict matches the backbone: not a torchvision-format ResNet")
+    result = model.backbone.load_state_dict(sd, strict=False)
     return {"missing": list(result.missing_keys), "unexpected": list(result.unexpected_keys)}

@@ -1,0 +1,119 @@
+"""The embedding model: shapes, normalisation, torchvision compatibility, checkpoint IO."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.contract import ContractError, ModelConfig
+from training.checkpoint import load_model, save_model
+from training.model import (available_models, feature_map_size, get_model,
+                            load_torchvision_backbone)
+
+TINY = ModelConfig(arch="resnet18", input_size=32, embedding_dim=16)
+
+# Parameter counts of torchvision's resnet18/34/50 minus their ImageNet fc layer.
+TORCHVISION_TRUNK_PARAMS = {"resnet18": 11_689_512 - 513_000, "resnet34": 21_797_672 - 513_000,
+                            "resnet50": 25_557_032 - 2_049_000}
+
+
+def _images(n: int, size: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, size, size, 3), dtype=torch.uint8, generator=g)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet34", "resnet50"])
+def test_embeddings_have_contract_shape_and_unit_norm(arch):
+    model = get_model(ModelConfig(arch=arch, input_size=32, embedding_dim=24)).eval()
+    with torch.no_grad():
+        emb = model(_images(3, 32))
+    assert emb.shape == (3, 24)
+    assert emb.dtype == torch.float32
+    torch.testing.assert_close(emb.norm(dim=1), torch.ones(3), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", sorted(TORCHVISION_TRUNK_PARAMS))
+def test_backbone_matches_torchvision_parameter_count(arch):
+    backbone = get_model(ModelConfig(arch=arch, input_size=32, embedding_dim=8)).backbone
+    assert sum(p.numel() for p in backbone.parameters()) == TORCHVISION_TRUNK_PARAMS[arch]
+
+
+def test_registry_lists_and_rejects():
+    assert {"resnet18", "resnet34", "resnet50"} <= set(available_models())
+    assert get_model("resnet34").config.arch == "resnet34"
+    with pytest.raises(ValueError, match="unknown arch"):
+        get_model(ModelConfig(arch="resnet7", input_size=32))
+
+
+@pytest.mark.parametrize("size,side", [(32, 1), (112, 4), (224, 7)])
+def test_feature_map_size_matches_the_trunk(size, side):
+    assert feature_map_size(size) == side
+    model = get_model(ModelConfig(arch="resnet18", input_size=size, embedding_dim=8)).eval()
+    with torch.no_grad():
+        out = model.backbone(model.normalise(_images(1, size)))
+    assert out.shape[-2:] == (side, side)
+
+
+def test_input_size_224_supported():
+    model = get_model(ModelConfig(arch="resnet18", input_size=224, embedding_dim=8)).eval()
+    with torch.no_grad():
+        assert model(_images(1, 224)).shape == (1, 8)
+
+
+def test_normalisation_maps_uint8_to_unit_range_and_keeps_channels_last():
+    model = get_model(TINY)
+    x = torch.tensor([0, 255], dtype=torch.uint8).view(2, 1, 1, 1).expand(2, 32, 32, 3).contiguous()
+    out = model.normalise(x)
+    assert out.shape == (2, 3, 32, 32)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.all(out[0] == -1.0) and torch.all(out[1] == 1.0)
+
+
+def test_channels_last_model_gives_same_embeddings():
+    model = get_model(TINY).eval()
+    images = _images(4, 32)
+    with torch.no_grad():
+        ref = model(images)
+        model = model.to(memory_format=torch.channels_last)
+        assert model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+        out = model(images)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_loads_torchvision_format_state_dict():
+    source = get_model(ModelConfig(arch="resnet34", input_size=32, embedding_dim=8))
+    # torchvision's keys: the trunk's plus fc.*, possibly saved from a DataParallel ("module.").
+    state = {f"module.{k}": v.clone() + 0.5 for k, v in source.backbone.state_dict().items()
+             if v.dtype.is_floating_point}
+    state["module.fc.weight"] = torch.zeros(1000, 512)
+    state["module.fc.bias"] = torch.zeros(1000)
+    target = get_model(ModelConfig(arch="resnet34", input_size=32, embedding_dim=8))
+    report = load_torchvision_backbone(target, state)
+    assert report["unexpected"] == []
+    assert all(k.endswith("num_batches_tracked") for k in report["missing"])
+    torch.testing.assert_close(target.backbone.layer3[5].conv2.weight, source.backbone.layer3[5].conv2.weight + 0.5)
+    assert "layer4.2.bn2.running_var" in target.backbone.state_dict()
+
+
+def test_rejects_state_dict_of_another_network():
+    with pytest.raises(ValueError, match="not a torchvision-format ResNet"):
+        load_torchvision_backbone(get_model(TINY), {"encoder.weight": torch.zeros(3)})
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = get_model(TINY)
+    model.train()
+    model(_images(8, 32))  # move BN running statistics away from their init
+    save_model(model, tmp_path, ModelConfig(**{**TINY.to_dict(), "threshold": 0.42}))
+    loaded = load_model(tmp_path)
+    assert loaded.config.threshold == 0.42
+    assert not loaded.training
+    images = _images(2, 32, seed=1)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images), model.eval()(images), rtol=0, atol=0)
+
+
+def test_checkpoint_mismatch_is_a_contract_error(tmp_path):
+    save_model(get_model(TINY), tmp_path)
+    ModelConfig(arch="resnet18", input_size=32, embedding_dim=32).save(tmp_path / "model.json")
+    with pytest.raises(ContractError, match="does not match"):
+        load_model(tmp_path)

@@ -1,0 +1,85 @@
+"""Relational distillation from a teacher's embeddings of real training images.
+
+The teacher file is an ``.npz`` with ``paths`` (relative image paths exactly as
+in ``train/meta.json``) and ``embeddings`` (float32, (N, Dt), any Dt: a
+128-d dlib descriptor works as well as a 512-d ArcFace). Only the *relations*
+are matched: the student's cosine-similarity matrix among the batch's real
+images with a teacher embedding is pulled towards the teacher's (MSE over the
+off-diagonal entries), so the two embedding spaces need not share a dimension
+or a rotation.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+class TeacherError(ValueError):
+    """A teacher file that cannot be used; the message names the file."""
+
+
+def save_teacher(path: str | os.PathLike, paths: list[str], embeddings: np.ndarray) -> None:
+    """Write a teacher file in the format :func:`load_teacher` reads (atomically)."""
+    path = Path(path)
+    embeddings = np.asarray(embeddings, dtype=np.float32)
+    if embeddings.ndim != 2 or len(embeddings) != len(paths):
+        raise TeacherError(f"{path}: need embeddings of shape (len(paths), D), got {embeddings.shape}")
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez(tmp, paths=np.asarray(paths, dtype=str), embeddings=embeddings)
+    os.replace(tmp, path)
+
+
+def load_teacher(path: str | os.PathLike, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Match teacher rows to training samples.
+
+    ``keys`` are the samples' relative paths (as in meta.json). Returns
+    ``(embeddings (M, Dt) float32 L2-normalised, index (len(keys),) int64)``
+    with ``index[i] = -1`` where sample ``i`` has no teacher embedding.
+    Raises :class:`TeacherError` for a missing/unreadable file, missing
+    arrays, mismatched lengths, non-finite values or no overlap at all.
+    """
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "paths" not in data or "embeddings" not in data:
+                raise TeacherError(f"{path}: needs arrays 'paths' and 'embeddings', has {sorted(data.files)}")
+            paths = [str(p) for p in data["paths"]]
+            emb = np.asarray(data["embeddings"], dtype=np.float32)
+    except FileNotFoundError:
+        raise TeacherError(f"{path}: no such teacher file") from None
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, TeacherError):
+            raise
+        raise TeacherError(f"{path}: not a readable .npz ({exc})") from None
+    if emb.ndim != 2 or emb.shape[0] != len(paths) or emb.shape[1] < 1:
+        raise TeacherError(f"{path}: embeddings shape {emb.shape} does not match {len(paths)} paths")
+    if not np.isfinite(emb).all():
+        raise TeacherError(f"{path}: embeddings hold NaN or infinite values")
+    norms = np.linalg.norm(emb, axis=1, keepdims=True)
+    if (norms == 0).any():
+        raise TeacherError(f"{path}: {int((norms == 0).sum())} embeddings are all zero")
+    row = {p.replace(os.sep, "/"): i for i, p in enumerate(paths)}
+    index = np.array([row.get(k, -1) for k in keys], dtype=np.int64)
+    if (index < 0).all():
+        raise TeacherError(f"{path}: none of its {len(paths)} paths matches a training image "
+                           f"(expected keys like {keys[0]!r})" if keys else f"{path}: no training images")
+    return emb / norms, index
+
+
+def relational_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """MSE between off-diagonal cosine-similarity matrices of matching rows.
+
+    ``student`` (n, D) and ``teacher`` (n, Dt) hold the same n images; fewer
+    than two images give a zero loss (still attached to the graph).
+    """
+    n = student.shape[0]
+    if n < 2:
+        return student.sum() * 0.0
+    s = F.normalize(student.float(), dim=1)
+    t = F.normalize(teacher.float(), dim=1)
+    off = ~torch.eye(n, dtype=torch.bool, device=student.device)
+    return F.mse_loss((s @ s.t())[off], (t @ t.t())[off])

@@ -1,0 +1,568 @@
+"""Train a face embedder with the fake-aware triplet loss.
+
+    python -m training.train --config configs/lfw_resnet34.yaml [key=value ...] [--resume]
+    torchrun --nproc-per-node 2 -m training.train --config configs/tiny.yaml
+
+The run directory (``output_dir``, default ``runs/<config name>``) holds:
+
+- ``model.safetensors`` + ``model.json``: the best checkpoint by validation
+  EER, with the EER threshold in ``model.json`` (what ``convert`` reads);
+- ``last.pt``: full training state for ``--resume`` (model, optimizer,
+  schedule position, sampler position, RNG states; ``weights_only`` loadable);
+- ``config.yaml`` (the resolved config), ``log.csv`` and ``log.jsonl`` (one
+  row per epoch; epoch 0 is the untrained model's validation).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import io
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from engine.contract import ContractError, ModelConfig
+from training.checkpoint import save_model
+from training.config import ConfigError, TrainConfig, config_from_dict, load_config, save_config
+from training.losses import MarginSoftmaxHead, triplet_loss
+from training.model import FaceEmbedder, get_model, load_torchvision_backbone
+
+LAST = "last.pt"
+# Keys that may change on --resume without changing the result.
+RESUMABLE_CHANGES = ("threads", "workers", "cache_images", "val_batch", "checkpoint_every", "output_dir")
+
+
+class TrainError(RuntimeError):
+    """A run that cannot start or continue; the message says why and what to do."""
+
+
+# ----------------------------------------------------------------------------- setup
+
+@dataclass
+class Runtime:
+    """Where and how this process computes (resolved from the config and torchrun's env)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dtype: torch.dtype | None = None  # autocast dtype, None = fp32
+    distributed: bool = False
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+
+def cpu_supports_bf16() -> bool:
+    """bf16 autocast is only worth it with native bf16 units (AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_runtime(config: TrainConfig) -> Runtime:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    want_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
+    if want_cuda and not torch.cuda.is_available():
+        raise TrainError("device=cuda but no CUDA device is available (use device=cpu or auto)")
+    device = torch.device("cuda", local_rank) if want_cuda else torch.device("cpu")
+    precision = config.precision
+    if precision == "fp16" and device.type != "cuda":
+        raise TrainError("precision=fp16 needs CUDA; use bf16 or fp32 on the CPU")
+    if precision == "auto":
+        if device.type == "cuda":
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            precision = "bf16" if cpu_supports_bf16() else "fp32"
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    threads = config.threads or max(1, (os.cpu_count() or 1) // max(1, local_world))
+    torch.set_num_threads(threads)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    rt = Runtime(rank, world, local_rank, device, dtype, world > 1)
+    if rt.distributed and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rt
+
+
+def check_inputs(config: TrainConfig, run_dir: Path, resume: bool) -> None:
+    """Fail on missing files before any data is read or model built."""
+    data = Path(config.data_dir)
+    train_meta = data / "train" / "meta.json"
+    if not train_meta.is_file():
+        raise TrainError(f"{train_meta}: no such file (data_dir must hold train/meta.json; "
+                         f"make it with python -m training.prepare)")
+    if config.validate and not (data / "val" / "pairs.csv").is_file():
+        raise TrainError(f"{data / 'val' / 'pairs.csv'}: no such file (set validate=false to train without "
+                         f"validation)")
+    for key in ("teacher", "init"):
+        value = getattr(config, key)
+        if value and not Path(value).is_file():
+            raise TrainError(f"{key}: {value}: no such file")
+    if resume and not (run_dir / LAST).is_file():
+        raise TrainError(f"{run_dir / LAST}: no such file; nothing to resume (start without --resume)")
+    if not resume and (run_dir / LAST).is_file():
+        raise TrainError(f"{run_dir} already holds a run ({LAST}); pass --resume to continue it or set "
+                         f"output_dir/name to start a new one")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """Global RNG states as tensors/lists only, so ``weights_only=True`` loads them."""
+    version, state, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    out = {"python": [version, list(state), gauss],
+           "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+           "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def set_rng_state(state: dict) -> None:
+    version, values, gauss = state["python"]
+    random.setstate((version, tuple(values), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def lr_at(step: int, total: int, warmup: int, base: float, min_ratio: float) -> float:
+    """Linear warm-up to ``base`` over ``warmup`` steps, then cosine decay to ``base * min_ratio``."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+class Trainee(nn.Module):
+    """The embedder plus the optional auxiliary head, as one module for DDP."""
+
+    def __init__(self, embedder: FaceEmbedder, head: MarginSoftmaxHead | None = None):
+        super().__init__()
+        self.embedder = embedder
+        self.head = head
+
+    def forward(self, images: torch.Tensor, class_id: torch.Tensor | None = None):
+        emb = self.embedder(images)
+        if self.head is None:
+            return emb, None
+        with torch.autocast(device_type=images.device.type, enabled=False):
+            return emb, self.head.loss(emb.float(), class_id)
+
+
+def build_optimizer(config: TrainConfig, module: nn.Module) -> torch.optim.Optimizer:
+    # No weight decay on BN/bias vectors: decaying them only fights the normalisation.
+    decay = [p for p in module.parameters() if p.ndim > 1]
+    no_decay = [p for p in module.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def load_init(model: FaceEmbedder, path: str) -> dict:
+    """Initialise the backbone from a torchvision-format state dict file."""
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise TrainError(f"init: {path}: not a readable state dict ({type(exc).__name__}: {exc})") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    try:
+        return load_torchvision_backbone(model, state)
+    except (ValueError, RuntimeError) as exc:
+        raise TrainError(f"init: {path}: {exc}") from None
+
+
+# ----------------------------------------------------------------------------- validation
+
+@torch.no_grad()
+def validate_pairs(model: FaceEmbedder, pairset, rt: Runtime, batch_size: int) -> dict:
+    """Embed each distinct val image once (eval mode), score pairs by cosine, run the shared metrics."""
+    from engine.metrics import evaluate
+
+    was_training = model.training
+    model.eval()
+    chunks = []
+    for images in pairset.batches(batch_size):
+        with rt.autocast():
+            chunks.append(model(images.to(rt.device)).float().cpu())
+    model.train(was_training)
+    emb = torch.cat(chunks).numpy()
+    scores = (emb[pairset.a] * emb[pairset.b]).sum(1)
+    result = evaluate(pairset.labels, scores, pairset.types, pairset.attacks, bootstrap=0)
+    return {"val_eer": result["eer"], "val_eer_real": result["eer_real"], "val_eer_fake": result["eer_fake"],
+            "val_threshold": result["eer_threshold"], "val_roc_auc": result["roc_auc"],
+            "val_eer_by_type": result.get("eer_by_type"),
+            "val_eer_by_attack": {k: v["eer"] for k, v in (result.get("eer_by_attack") or {}).items()}}
+
+
+# ----------------------------------------------------------------------------- files
+
+def atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_logs(run_dir: Path, rows: list[dict]) -> None:
+    """Rewrite log.jsonl and log.csv from all rows (CSV holds the scalar columns)."""
+    _atomic_text(run_dir / "log.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k, v in row.items() if k not in columns and not isinstance(v, (dict, list))]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    _atomic_text(run_dir / "log.csv", buf.getvalue())
+
+
+def read_log(run_dir: Path, up_to_epoch: int) -> list[dict]:
+    path = run_dir / "log.jsonl"
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r["epoch"] <= up_to_epoch]
+
+
+def _round(value):
+    return round(value, 6) if isinstance(value, float) else value
+
+
+# ----------------------------------------------------------------------------- training
+
+def train(config: TrainConfig, resume: bool = False, stop_after_steps: int = 0, progress: bool = True) -> dict:
+    """Train (or continue) the run described by ``config``; returns a summary dict.
+
+    ``stop_after_steps`` > 0 stops after that many optimizer steps in total,
+    leaving a resumable ``last.pt`` (for pre-emptible jobs, and to test resume).
+    """
+    from engine.datasets import read_kryptonite_train, read_pair_folder
+    from training.data import PairSet, TrainDataset, sample_key, train_loader
+    from training.distill import load_teacher, relational_loss
+    from training.sampler import PKSampler
+
+    run_dir = config.run_dir()
+    check_inputs(config, run_dir, resume)
+    saved = None
+    if resume:
+        saved = torch.load(run_dir / LAST, map_location="cpu", weights_only=True)
+        config = _resumed_config(config, saved["config"], run_dir)
+
+    rt = resolve_runtime(config)
+    seed_everything(config.seed)
+    if rt.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.yaml")
+
+    # Data
+    train_root = Path(config.data_dir) / "train"
+    samples = read_kryptonite_train(train_root)
+    teacher_emb = teacher_index = None
+    if config.teacher and config.distill_weight > 0:
+        keys = [sample_key(s, train_root / "images") for s in samples]
+        emb, teacher_index = load_teacher(config.teacher, keys)
+        teacher_emb = torch.from_numpy(emb).to(rt.device)
+    dataset = TrainDataset(samples, config.input_size, config.augment, config.cache_images, teacher_index)
+    sampler = PKSampler(dataset.labels.identity, dataset.labels.is_fake, config.p, config.k, config.fake_share,
+                        config.seed, rt.rank, rt.world_size, config.steps_per_epoch)
+    loader = train_loader(dataset, sampler, config.workers, pin_memory=rt.device.type == "cuda")
+    pairset = None
+    if config.validate and rt.main:
+        pairset = PairSet(read_pair_folder(Path(config.data_dir) / "val"), config.input_size, config.cache_images)
+
+    # Model (same init on every rank; DDP also broadcasts rank 0's weights)
+    embedder = get_model(config.model_config(), dropout=config.dropout)
+    if config.init and not resume:
+        report = load_init(embedder, config.init)
+        if rt.main:
+            print(f"init: loaded {config.init} (missing {len(report['missing'])}, "
+                  f"unexpected {len(report['unexpected'])} keys)", file=sys.stderr)
+    head = None
+    if config.aux_head != "none":
+        head = MarginSoftmaxHead(config.embedding_dim, dataset.labels.num_classes, config.aux_head,
+                                 config.aux_scale, config.aux_margin)
+    net = Trainee(embedder, head).to(rt.device)
+    if config.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(config, net)
+    scaler = torch.amp.GradScaler("cuda", enabled=rt.dtype == torch.float16)
+    steps_per_epoch = sampler.steps_per_epoch
+    total_steps = steps_per_epoch * config.epochs
+    warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
+
+    progress_state = {"epoch": 1, "step": 0, "global_step": 0, "best_eer": None, "best_epoch": None,
+                      "sums": {}}
+    rows: list[dict] = []
+    if saved is not None:
+        net.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scaler.load_state_dict(saved["scaler"])
+        sampler.load_state_dict(saved["sampler"])
+        progress_state = saved["progress"]
+        if len(saved["rng"]) != rt.world_size:
+            raise TrainError(f"{run_dir / LAST} was saved by {len(saved['rng'])} process(es); "
+                             f"resume with the same number (now {rt.world_size})")
+        set_rng_state(saved["rng"][rt.rank])
+        if rt.main:
+            rows = read_log(run_dir, progress_state["epoch"] - 1)
+    else:
+        torch.manual_seed(config.seed + rt.rank)  # per-rank dropout streams
+
+    model = net
+    if rt.distributed:
+        model = nn.parallel.DistributedDataParallel(net, device_ids=[rt.device.index] if rt.device.type == "cuda"
+                                                    else None)
+
+    def save_best(epoch: int, metrics: dict) -> None:
+        extra = {"run": config.name, "epoch": epoch,
+                 **{k: metrics[k] for k in ("val_eer", "val_eer_real", "val_eer_fake") if k in metrics}}
+        threshold = metrics.get("val_threshold")
+        mc = ModelConfig(**{**config.model_config().to_dict(), "threshold": threshold, "extra": extra})
+        save_model(embedder, run_dir, mc)
+
+    def save_last() -> None:
+        states = [rng_state()]
+        if rt.distributed:
+            states = [None] * rt.world_size
+            torch.distributed.all_gather_object(states, rng_state())
+        if not rt.main:
+            return
+        atomic_torch_save({"model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                           "scaler": scaler.state_dict(), "sampler": sampler.state_dict(),
+                           "scheduler": {"step": progress_state["global_step"], "total": total_steps,
+                                         "warmup": warmup_steps},
+                           "progress": progress_state, "rng": states, "config": config.to_dict()},
+                          run_dir / LAST)
+
+    if saved is None:
+        row = {"epoch": 0, "step": 0}
+        if pairset is not None:
+            metrics = validate_pairs(embedder, pairset, rt, config.val_batch)
+            row.update(metrics)
+            progress_state["best_eer"], progress_state["best_epoch"] = metrics["val_eer"], 0
+            print(f"epoch 0 (untrained): val EER {metrics['val_eer']:.4f} (real {metrics['val_eer_real']}, "
+                  f"fake {metrics['val_eer_fake']})", file=sys.stderr)
+        if rt.main:
+            rows.append({k: _round(v) for k, v in row.items()})
+            write_logs(run_dir, rows)
+            if pairset is not None:
+                save_best(0, metrics)
+        _barrier(rt)
+
+    from tqdm import tqdm
+
+    stopped = False
+    net.train()
+    for epoch in range(progress_state["epoch"], config.epochs + 1):
+        sampler.set_epoch(epoch, progress_state["step"])
+        sums = progress_state["sums"] or {"loss": 0.0, "triplet": 0.0, "aux": 0.0, "distill": 0.0,
+                                          "active": 0.0, "d_ap": 0.0, "d_an": 0.0, "steps": 0, "images": 0,
+                                          "seconds": 0.0}
+        bar = tqdm(total=steps_per_epoch, initial=progress_state["step"], desc=f"epoch {epoch}/{config.epochs}",
+                   disable=not (progress and rt.main), leave=False, file=sys.stderr)
+        tick = time.perf_counter()
+        for batch in loader:
+            lr = lr_at(progress_state["global_step"], total_steps, warmup_steps, config.lr, config.min_lr_ratio)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            images = batch["image"].to(rt.device, non_blocking=True)
+            identity = batch["identity"].to(rt.device)
+            is_fake = batch["is_fake"].to(rt.device)
+            with rt.autocast():
+                emb, aux = model(images, batch["class_id"].to(rt.device) if head is not None else None)
+            trip, stats = triplet_loss(emb, identity, is_fake, config.mining, config.margin, config.fake_fake)
+            loss = trip
+            if aux is not None:
+                loss = loss + config.aux_weight * aux
+            distill = None
+            if teacher_emb is not None:
+                t_idx = batch["teacher"].to(rt.device)
+                has = t_idx >= 0
+                distill = relational_loss(emb[has], teacher_emb[t_idx[has]])
+                loss = loss + config.distill_weight * distill
+            if not torch.isfinite(loss):
+                raise TrainError(f"epoch {epoch} step {progress_state['step']}: loss is {loss.item()} "
+                                 f"(lower lr, or use precision=fp32)")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if config.grad_clip:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+
+            now = time.perf_counter()
+            sums["seconds"] += now - tick
+            tick = now
+            sums["loss"] += loss.item()
+            sums["triplet"] += trip.item()
+            sums["aux"] += aux.item() if aux is not None else 0.0
+            sums["distill"] += distill.item() if distill is not None else 0.0
+            for key in ("active", "d_ap", "d_an"):
+                sums[key] += stats[key]
+            sums["steps"] += 1
+            sums["images"] += len(images) * rt.world_size
+            progress_state["step"] += 1
+            progress_state["global_step"] += 1
+            progress_state["sums"] = sums
+            bar.update(1)
+            bar.set_postfix(loss=f"{sums['loss'] / sums['steps']:.4f}",
+                            img_s=f"{sums['images'] / max(sums['seconds'], 1e-9):.1f}", lr=f"{lr:.2e}")
+            done = progress_state["global_step"]
+            at_end = progress_state["step"] == steps_per_epoch
+            if stop_after_steps and done >= stop_after_steps and not at_end:
+                save_last()
+                stopped = True
+                break
+            if config.checkpoint_every and done % config.checkpoint_every == 0 and not at_end:
+                save_last()
+                tick = time.perf_counter()
+        bar.close()
+        if stopped:
+            break
+
+        row = _epoch_row(epoch, progress_state, sums, optimizer, rt)
+        if pairset is not None:
+            metrics = validate_pairs(embedder, pairset, rt, config.val_batch)
+            row.update(metrics)
+            best = progress_state["best_eer"]
+            if best is None or metrics["val_eer"] < best:
+                progress_state["best_eer"], progress_state["best_epoch"] = metrics["val_eer"], epoch
+                save_best(epoch, metrics)
+        elif rt.main:
+            progress_state["best_epoch"] = epoch
+            save_best(epoch, {})
+        row["best_epoch"] = progress_state["best_epoch"]
+        progress_state.update(epoch=epoch + 1, step=0, sums={})
+        if rt.main:
+            rows.append({k: _round(v) for k, v in row.items()})
+            write_logs(run_dir, rows)
+            print(_summary_line(row), file=sys.stderr)
+        save_last()
+        _barrier(rt)
+        if stop_after_steps and progress_state["global_step"] >= stop_after_steps and epoch < config.epochs:
+            stopped = True
+            break
+
+    if rt.distributed:
+        torch.distributed.destroy_process_group()
+    return {"run_dir": str(run_dir), "stopped": stopped, "global_step": progress_state["global_step"],
+            "best_eer": progress_state["best_eer"], "best_epoch": progress_state["best_epoch"], "log": rows}
+
+
+def _barrier(rt: Runtime) -> None:
+    if rt.distributed:
+        torch.distributed.barrier()
+
+
+def _epoch_row(epoch: int, state: dict, sums: dict, optimizer, rt: Runtime) -> dict:
+    keys = ("loss", "triplet", "aux", "distill", "active", "d_ap", "d_an")
+    totals = torch.tensor([sums[k] for k in keys] + [sums["steps"]], dtype=torch.float64)
+    if rt.distributed:  # mean over ranks (each saw its own batches)
+        torch.distributed.all_reduce(totals)
+        totals[:-1] /= rt.world_size
+        totals[-1] /= rt.world_size
+    steps = max(1.0, float(totals[-1]))
+    row = {"epoch": epoch, "step": state["global_step"]}
+    row.update({k: float(totals[i]) / steps for i, k in enumerate(keys)})
+    row["lr"] = optimizer.param_groups[0]["lr"]
+    row["img_s"] = sums["images"] / max(sums["seconds"], 1e-9)
+    row["train_s"] = sums["seconds"]
+    return row
+
+
+def _summary_line(row: dict) -> str:
+    parts = [f"epoch {row['epoch']}", f"loss {row['loss']:.4f}", f"{row['img_s']:.1f} img/s"]
+    if row.get("val_eer") is not None:
+        parts.append(f"val EER {row['val_eer']:.4f} (real {row.get('val_eer_real')}, fake {row.get('val_eer_fake')})")
+    parts.append(f"best epoch {row.get('best_epoch')}")
+    return ", ".join(parts)
+
+
+def _resumed_config(config: TrainConfig, saved: dict, run_dir: Path) -> TrainConfig:
+    """The saved config, with only the keys that cannot change the result taken from ``config``."""
+    resumed = config_from_dict(saved)
+    new, old = config.to_dict(), resumed.to_dict()
+    differ = sorted(k for k in new if k not in RESUMABLE_CHANGES and new[k] != old[k])
+    if differ:
+        detail = ", ".join(f"{k}: saved {old[k]!r}, now {new[k]!r}" for k in differ[:4])
+        raise TrainError(f"{run_dir / LAST}: --resume needs the run's own config; changed: {detail}")
+    for key in RESUMABLE_CHANGES:
+        setattr(resumed, key, getattr(config, key))
+    return resumed
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.train",
+        description="Train a fake-aware face embedder. Config = defaults <- --config YAML <- key=value overrides "
+                    "(nested keys with dots, e.g. augment.jpeg_p=0.5). Writes into output_dir (default "
+                    "runs/<config name>).")
+    parser.add_argument("--config", help="YAML config file (keys of training.config.TrainConfig)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, applied last")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in output_dir from last.pt exactly (same config; only "
+                             f"{', '.join(RESUMABLE_CHANGES)} may change)")
+    parser.add_argument("--stop-after-steps", type=int, default=0, metavar="N",
+                        help="stop after N optimizer steps in total, leaving a resumable last.pt (0 = train to the end)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    args = parser.parse_intermixed_args(argv)
+    if args.stop_after_steps < 0:
+        parser.error("--stop-after-steps must be >= 0")
+    try:
+        config = load_config(args.config, args.overrides)
+        summary = train(config, resume=args.resume, stop_after_steps=args.stop_after_steps, progress=args.progress)
+    except (ConfigError, TrainError, ContractError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({k: v for k, v in summary.items() if k != "log"}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
