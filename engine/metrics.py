@@ -331,8 +331,9 @@ def evaluate(labels, scores, types=None, attacks=None, *, threshold: float | Non
     """All verification metrics for one set of scored pairs, as a JSON-ready dict.
 
     ``types`` (optional) gives each pair's type from :mod:`engine.datasets`
-    (genuine, impostor, fake-of-same, fake-of-other; "" = unknown) and must agree
-    with the labels. ``attacks`` (optional) names the synthesis method of each
+    (genuine, impostor, fake-of-same, fake-of-other; "" = unknown: such a
+    negative counts only in the overall numbers) and must agree with the labels;
+    all "" is the same as ``None``. ``attacks`` (optional) names the synthesis method of each
     fake pair ("" elsewhere). ``method`` picks the headline EER ("eer" and the
     split EERs); both variants are always reported as ``eer_interpolated`` and
     ``eer_organiser``. ``threshold``, if given, adds error rates at that
@@ -378,7 +379,11 @@ def evaluate(labels, scores, types=None, attacks=None, *, threshold: float | Non
 
     # Pair-type masks, in sorted order.
     if types is not None:
-        t = _check_strings(types, n, "types")[order]
+        t = _check_strings(types, n, "types")
+        if not (t != "").any():
+            types = None  # no pair typed (LFW, say): the same as no types
+    if types is not None:
+        t = t[order]
         genuine = t == GENUINE
         impostor = t == IMPOSTOR
         fake_same, fake_other = t == FAKE_OF_SAME, t == FAKE_OF_OTHER
@@ -397,6 +402,7 @@ def evaluate(labels, scores, types=None, attacks=None, *, threshold: float | Non
         if not typed.all():
             result["counts"]["unknown"] = int(np.count_nonzero(~typed))
         fake = fake_same | fake_other
+        genuine = slab  # every positive is genuine; untyped negatives only count overall
     else:
         genuine, impostor = slab, ~slab
         fake = np.zeros(n, dtype=bool)
@@ -405,6 +411,9 @@ def evaluate(labels, scores, types=None, attacks=None, *, threshold: float | Non
     att = None
     if attacks is not None:
         att = _check_strings(attacks, n, "attacks")[order]
+        if not (att != "").any():
+            att = None  # no attack named anywhere: the same as no attacks
+    if att is not None:
         if types is None:  # without types, a negative pair with an attack name holds a fake
             fake = ~slab & (att != "")
             impostor = ~slab & (att == "")

@@ -107,17 +107,25 @@ def _probit(p: np.ndarray) -> np.ndarray:
     return inv(p).astype(np.float64)
 
 
+def _typed(types) -> np.ndarray | None:
+    """Pair types as a string array, or None when absent or all empty (as evaluate() treats them)."""
+    if types is None:
+        return None
+    t = np.asarray(types).astype(str)
+    return t if (t != "").any() else None
+
+
 def _curves(labels, scores, types):
     """(name, fpr, fnr) per curve: all pairs, then genuine vs each negative type present."""
-    from engine.datasets import FAKE_OF_OTHER, FAKE_OF_SAME, GENUINE, IMPOSTOR
+    from engine.datasets import FAKE_OF_OTHER, FAKE_OF_SAME, IMPOSTOR
     from engine.metrics import check_inputs, roc_curve
 
     lab, sc = check_inputs(labels, scores)
     fpr, tpr, _ = roc_curve(lab, sc)
     curves = [("all pairs", fpr, 1 - tpr)]
-    if types is not None:
-        t = np.asarray(types).astype(str)
-        genuine = t == GENUINE
+    t = _typed(types)
+    if t is not None:
+        genuine = lab
         same, other = t == FAKE_OF_SAME, t == FAKE_OF_OTHER
         splits = [("genuine vs impostor", t == IMPOSTOR), ("genuine vs fakes", same | other)]
         if same.any() and other.any():  # otherwise identical to "genuine vs fakes"
@@ -198,9 +206,9 @@ def _plot_det(path, curves, result, n_pairs):
 def _plot_scores(path, lab, sc, types, result):
     from engine.datasets import PAIR_TYPES
 
-    if types is not None:
-        t = np.asarray(types).astype(str)
-        groups = [(name, sc[t == name]) for name in PAIR_TYPES]
+    t = _typed(types)
+    if t is not None:
+        groups = [(name, sc[t == name]) for name in PAIR_TYPES] + [("untyped", sc[t == ""])]
     else:
         groups = [("positive (label 1)", sc[lab]), ("negative (label 0)", sc[~lab])]
     groups = [(name, s) for name, s in groups if len(s)]

@@ -371,3 +371,22 @@ def test_evaluate_unknown_types_counted():
     r = M.evaluate([0, 1, 0, 1], [0.1, 0.9, 0.3, 0.6], [IMPOSTOR, GENUINE, "", GENUINE], bootstrap=0)
     assert r["counts"]["unknown"] == 1
     assert r["counts"][IMPOSTOR] == 1
+
+
+def test_evaluate_all_empty_types_same_as_none():
+    labels, scores = random_pairs(500, 8)
+    a = M.evaluate(labels, scores, [""] * 500, [""] * 500, bootstrap=0)
+    b = M.evaluate(labels, scores, bootstrap=0)
+    assert {k: a[k] for k in ("eer", "eer_real", "eer_fake", "counts")} == \
+        {k: b[k] for k in ("eer", "eer_real", "eer_fake", "counts")}
+    assert a == b
+
+
+def test_evaluate_untyped_negatives_only_count_overall():
+    # The untyped negative (0.95) hurts the overall EER but no split.
+    labels = [1, 1, 1, 0, 0, 0]
+    scores = [0.9, 0.8, 0.7, 0.2, 0.1, 0.95]
+    r = M.evaluate(labels, scores, [GENUINE, "", GENUINE, IMPOSTOR, FAKE_OF_SAME, ""], bootstrap=0)
+    assert r["eer"] > 0
+    assert r["eer_real"] == 0.0 and r["eer_fake"] == 0.0
+    assert r["counts"] == {GENUINE: 2, IMPOSTOR: 1, FAKE_OF_SAME: 1, FAKE_OF_OTHER: 0, "unknown": 2}

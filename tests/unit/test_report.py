@@ -85,3 +85,11 @@ def test_thin_keeps_ends_and_caps_points():
     assert len(idx) <= report._MAX_CURVE_POINTS
     assert np.all(np.diff(idx) > 0)
     assert np.any(fpr[idx][1:] < 1e-6)  # dense at small FPR for the log axis
+
+
+def test_write_report_with_untyped_pairs(tmp_path, scored):
+    labels, scores, _, _ = scored
+    types = [""] * len(labels)
+    result = evaluate(labels, scores, types, bootstrap=0)
+    paths = report.write_report(result, tmp_path, labels, scores, types)
+    assert paths["scores.png"].read_bytes().startswith(PNG_MAGIC)
