@@ -75,6 +75,7 @@ def make_identity_folders(root: Path, identities: int, images: int, size: int = 
         for k in range(images):
             rng = np.random.default_rng(ident * 100 + k)
             img = np.roll(base, tuple(int(s) for s in rng.integers(-3, 4, 2)), axis=(0, 1))
+            img = np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)  # no two photos alike
             write_jpeg(root / f"person_{ident:02d}" / f"person_{ident:02d}_{k + 1:04d}.jpg", img)
     return root
 
