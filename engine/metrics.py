@@ -69,18 +69,14 @@ def check_inputs(labels, scores) -> tuple[np.ndarray, np.ndarray]:
 class _SortedPairs:
     """Pairs sorted once by descending score; subsets keep the order (boolean masks)."""
 
-    def __init__(self, labels: np.ndarray, scores: np.ndarray):
-        order = np.argsort(-scores)  # ties need no order: counts are read at run ends
-        self.scores = scores[order]
-        self.labels = labels[order]
-        self.order = order
+    def __init__(self, labels: np.ndarray, scores: np.ndarray, presorted: bool = False):
+        # Ties need no order among themselves: counts are read at the end of each run.
+        self.order = None if presorted else np.argsort(-scores)
+        self.scores = scores if presorted else scores[self.order]
+        self.labels = labels if presorted else labels[self.order]
 
     def subset(self, mask_sorted: np.ndarray) -> "_SortedPairs":
-        sub = object.__new__(_SortedPairs)
-        sub.scores = self.scores[mask_sorted]
-        sub.labels = self.labels[mask_sorted]
-        sub.order = None
-        return sub
+        return _SortedPairs(self.labels[mask_sorted], self.scores[mask_sorted], presorted=True)
 
     def counts(self):
         """Cumulative (tps, fps, thresholds) at each distinct score, with the (0, 0, inf) start."""
