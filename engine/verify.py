@@ -1,0 +1,283 @@
+"""``python -m engine.verify``: similarities, decisions, submissions and evaluations from images.
+
+Three ways to call it (one per run):
+
+* ``IMG_A IMG_B``: similarity and decision for two images. Exit code 0 =
+  same person, 1 = not the same person, 2 = error. ``--json`` prints one JSON
+  object (``similarity``, ``match``, ``threshold``, ``backend``, ``precision``,
+  ``model`` ...).
+* ``--pairs DIR`` (Kryptonite ``test_public`` layout, ``DIR/images/<pair_id>/0.jpg,1.jpg``):
+  ``--out FILE`` writes the submission CSV ``pair_id,similarity`` (sorted,
+  one row per pair, written atomically); with ``--labels CSV`` (or
+  ``DIR/pairs.csv``) also the full evaluation.
+* ``--lfw DIR --lfw-pairs FILE``: evaluation on the LFW protocol (adds 10-fold accuracy).
+
+Evaluations print the metrics and throughput (pairs/s, images/s); ``--report
+DIR`` writes metrics.json/.md and ROC/DET/score plots. Images that cannot be
+read are reported with the reason and their pairs are left out of the
+evaluation; in a submission they get similarity -1 (the "not the same person"
+end of the scale), so the file stays complete. ``--strict`` stops at the
+first such image instead.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+EXIT_MATCH, EXIT_NO_MATCH, EXIT_ERROR = 0, 1, 2
+FAILED_PAIR_SCORE = -1.0
+
+
+class UsageError(ValueError):
+    """Flags that do not make sense together."""
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity, clipped to [-1, 1] (embeddings are already ~unit length)."""
+    num = np.einsum("ij,ij->i", a, b, dtype=np.float64)
+    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.clip(num / den, -1.0, 1.0)
+
+
+def _err(message: str) -> None:
+    print(f"engine.verify: {message}", file=sys.stderr)
+
+
+def _check_usage(image_a, image_b, pairs, out, labels, lfw, lfw_pairs, report) -> str:
+    modes = [name for name, on in (("IMG_A IMG_B", image_a is not None), ("--pairs", pairs is not None),
+                                   ("--lfw", lfw is not None)) if on]
+    if len(modes) != 1:
+        raise UsageError("give exactly one of: two images (IMG_A IMG_B), --pairs DIR, --lfw DIR"
+                         + (f" (got {', '.join(modes)})" if modes else ""))
+    if image_a is not None and image_b is None:
+        raise UsageError("two images are needed: IMG_A IMG_B")
+    if out is not None and pairs is None:
+        raise UsageError("--out writes a submission for --pairs")
+    if labels is not None and pairs is None:
+        raise UsageError("--labels goes with --pairs (for LFW use --lfw-pairs)")
+    if (lfw is None) != (lfw_pairs is None):
+        raise UsageError("--lfw DIR and --lfw-pairs FILE go together")
+    if report is not None and image_a is not None:
+        raise UsageError("--report is for evaluations (--pairs with labels, or --lfw)")
+    return "images" if image_a is not None else "pairs" if pairs is not None else "lfw"
+
+
+def verify(image_a=None, image_b=None, *, pairs=None, out=None, labels=None, lfw=None, lfw_pairs=None, report=None,
+           json_output: bool = False, model=None, backend: str = "auto", precision: str | None = None,
+           device: str | None = None, threshold: float | None = None, batch_size: int | None = None,
+           workers: int | None = None, strict: bool = False, cache=None, bootstrap: int = 1000,
+           progress: bool = True) -> int:
+    """Run one verification job (see the module docstring); returns the process exit code."""
+    from engine.backends import open_backend
+    from engine.embedder import Embedder
+
+    try:
+        mode = _check_usage(image_a, image_b, pairs, out, labels, lfw, lfw_pairs, report)
+        if threshold is not None and not math.isfinite(threshold):
+            raise UsageError(f"--threshold must be a finite number, got {threshold}")
+        if bootstrap < 0:
+            raise UsageError(f"--bootstrap must be >= 0, got {bootstrap}")
+        job = _load_pairs(mode, pairs, labels, lfw, lfw_pairs) if mode != "images" else None
+        for p in (image_a, image_b) if mode == "images" else ():
+            if not Path(p).is_file():
+                raise FileNotFoundError(f"{p}: no such file")
+        be = open_backend(model, backend=backend, precision=precision, device=device, max_batch=batch_size)
+        _err(f"backend {be.choice.backend} ({be.choice.precision}, {be.device}): {be.choice.reason}; "
+             f"model {be.source.path}")
+        thr = threshold if threshold is not None else be.config.threshold
+        with Embedder(be, workers=workers, strict=strict, cache_dir=cache, batch_size=batch_size,
+                      progress=progress) as embedder:
+            if mode == "images":
+                return _two_images(embedder, image_a, image_b, thr, json_output)
+            return _pair_job(embedder, job, mode, out, report, thr, json_output, bootstrap)
+    except (ValueError, OSError, RuntimeError) as exc:
+        # ContractError, DataError, ImageError, UsageError are ValueErrors; BackendError, CudaError RuntimeErrors.
+        message = str(exc) if not isinstance(exc, OSError) or not exc.filename else f"{exc.filename}: {exc.strerror}"
+        _err(f"error: {message}")
+        if json_output:
+            print(json.dumps({"error": message}))
+        return EXIT_ERROR
+
+
+def _describe(be) -> dict:
+    return {"backend": be.name, "precision": be.precision, "device": be.device, "model": str(be.source.path)}
+
+
+def _two_images(embedder, image_a, image_b, thr, json_output) -> int:
+    res = embedder.embed_paths([image_a, image_b], desc="images")
+    if res.failures:
+        raise ValueError("; ".join(str(f) for f in res.failures))
+    sim = float(cosine(res.embeddings[:1], res.embeddings[1:])[0])
+    match = None if thr is None else bool(sim >= thr)
+    info = {"similarity": sim, "match": match, "threshold": thr, **_describe(embedder.backend),
+            "image_a": str(image_a), "image_b": str(image_b)}
+    if json_output:
+        print(json.dumps(info))
+    else:
+        print(f"similarity: {sim:.4f}")
+        if thr is None:
+            print("decision:   none (no threshold: the model has none calibrated; pass --threshold)")
+        else:
+            verdict = "same person" if match else "different people (or a fake)"
+            print(f"decision:   {verdict} (threshold {thr:.4f})")
+    if thr is None:
+        _err("error: no decision threshold: the model's model.json has none; pass --threshold")
+        return EXIT_ERROR
+    return EXIT_MATCH if match else EXIT_NO_MATCH
+
+
+def _load_pairs(mode, pairs, labels, lfw, lfw_pairs):
+    from engine.datasets import read_lfw_pairs, read_pair_folder
+
+    if mode == "pairs":
+        job = read_pair_folder(pairs, labels)
+    else:
+        job = read_lfw_pairs(lfw, lfw_pairs)
+    if not job:
+        raise ValueError(f"{pairs or lfw_pairs}: no pairs found")
+    return job
+
+
+def _pair_job(embedder, job, mode, out, report, thr, json_output, bootstrap) -> int:
+    start = time.perf_counter()
+    paths = [p for pair in job for p in (pair.path_a, pair.path_b)]
+    res = embedder.embed_paths(paths, desc="pairs")
+    emb_a, emb_b = res.embeddings[0::2], res.embeddings[1::2]
+    scored = res.ok[0::2] & res.ok[1::2]
+    scores = np.full(len(job), FAILED_PAIR_SCORE)
+    if scored.any():
+        scores[scored] = cosine(emb_a[scored], emb_b[scored])
+    seconds = time.perf_counter() - start
+    for failure in res.failures:
+        _err(f"skipped image {failure}")
+    n_failed = int((~scored).sum())
+    if n_failed:
+        _err(f"{n_failed} of {len(job)} pairs have an unusable image"
+             + (f"; they get similarity {FAILED_PAIR_SCORE} in the submission" if out else "")
+             + ("; left out of the evaluation" if job[0].label is not None else ""))
+    summary = {"pairs": len(job), "pairs_scored": int(scored.sum()), "images": res.n_embedded + res.n_cached,
+               "images_failed": len(res.failures), "images_cached": res.n_cached,
+               "seconds": round(seconds, 3),
+               "pairs_per_s": round(len(job) / seconds, 1) if seconds > 0 else None,
+               "images_per_s": round(res.n_embedded / res.seconds, 1) if res.n_embedded and res.seconds > 0 else None,
+               **_describe(embedder.backend)}
+    if out is not None:
+        from engine.submission import write_submission
+
+        write_submission(out, [p.pair_id for p in job], scores)
+        summary["submission"] = str(out)
+    if job[0].label is not None:
+        if not scored.any():
+            raise ValueError("no pair could be scored: every pair has an unusable image")
+        summary["metrics"] = _evaluate(job, scores, scored, mode, report, thr, bootstrap, summary, json_output)
+    if json_output:
+        print(json.dumps(summary))
+    else:
+        print(f"{summary['pairs']} pairs ({summary['pairs_scored']} scored), {summary['images']} images "
+              f"({res.n_cached} from cache) in {seconds:.2f} s: {summary['pairs_per_s']} pairs/s, "
+              f"{summary['images_per_s']} images/s ({embedder.backend.name}, {embedder.backend.precision})")
+        if out is not None:
+            print(f"submission written to {out}")
+    return 0
+
+
+def _evaluate(job, scores, scored, mode, report, thr, bootstrap, summary, json_output) -> dict:
+    from engine.metrics import evaluate, kfold_accuracy
+
+    idx = np.flatnonzero(scored)
+    labels = np.array([job[i].label for i in idx])
+    sc = scores[idx]
+    types = [job[i].type for i in idx]
+    attacks = [job[i].attack for i in idx]
+    result = evaluate(labels, sc, types, attacks, threshold=thr, bootstrap=bootstrap)
+    if mode == "lfw":
+        folds = np.array([job[i].fold for i in idx])
+        if len(np.unique(folds)) >= 2:
+            result["lfw_kfold_accuracy"] = kfold_accuracy(labels, sc, folds)
+    result["run"] = {k: summary[k] for k in ("backend", "precision", "device", "model", "pairs", "pairs_scored",
+                                             "images", "seconds", "pairs_per_s", "images_per_s")}
+    if report is not None:
+        from engine.report import write_report
+
+        write_report(result, report, labels, sc, types)
+    if not json_output:
+        from engine.report import format_markdown
+
+        print(format_markdown(result), end="")
+        if "lfw_kfold_accuracy" in result:
+            acc = result["lfw_kfold_accuracy"]
+            print(f"\nLFW 10-fold accuracy: {100 * acc['mean']:.2f}% ± {100 * acc['std']:.2f}%")
+        if report is not None:
+            print(f"report written to {report}")
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from engine.backends import BACKENDS, PRECISIONS
+
+    p = argparse.ArgumentParser(
+        prog="python -m engine.verify",
+        description="Face verification with a deepfake-aware model: compare two images, write a Kryptonite "
+                    "submission for a pairs folder, or evaluate on labelled pairs / LFW.",
+        epilog="Exit codes: two images: 0 same person, 1 not the same person, 2 error; other modes: 0 done, "
+               "2 error.")
+    p.add_argument("image_a", nargs="?", metavar="IMG_A", help="first image of a pair to compare")
+    p.add_argument("image_b", nargs="?", metavar="IMG_B", help="second image of a pair to compare")
+    p.add_argument("--pairs", metavar="DIR", help="pairs folder in the Kryptonite test_public layout: "
+                   "DIR/images/<8-digit pair_id>/0.jpg and 1.jpg")
+    p.add_argument("--out", metavar="FILE", help="with --pairs: write the submission CSV (pair_id,similarity, "
+                   "sorted by pair id) to FILE, atomically")
+    p.add_argument("--labels", metavar="CSV", help="with --pairs: labels (pair_id,label[,type,attack]) to evaluate "
+                   "against; DIR/pairs.csv is used when present")
+    p.add_argument("--lfw", metavar="DIR", help="evaluate on LFW: folder of identity folders (lfw-deepfunneled)")
+    p.add_argument("--lfw-pairs", metavar="FILE", help="with --lfw: the LFW View 2 pairs.txt")
+    p.add_argument("--report", metavar="DIR", help="evaluations: write metrics.json, metrics.md, roc.png, det.png "
+                   "and scores.png into DIR")
+    p.add_argument("--json", dest="json_output", action="store_true",
+                   help="print one JSON object instead of text (errors too, as {\"error\": ...})")
+    p.add_argument("--model", metavar="PATH", help="model folder from `python -m convert`, an .onnx file, or a "
+                   "TensorRT .plan with its .plan.json sidecar (default: the model bundled in the package)")
+    p.add_argument("--backend", default="auto", choices=("auto", *BACKENDS),
+                   help="inference backend; auto = TensorRT when a plan, TensorRT and a GPU are present, else "
+                        "OpenVINO if installed, else ONNX Runtime (default: %(default)s)")
+    p.add_argument("--precision", choices=PRECISIONS, help="which model variant to run (default: the backend's "
+                   "preferred one among the files present; bf16 = the FP32 file under OpenVINO's bf16 hint)")
+    p.add_argument("--device", help="backend device: onnxruntime cpu|cuda|tensorrt, openvino CPU|GPU, "
+                   "torch cpu|cuda, tensorrt GPU index (default: the backend's best)")
+    p.add_argument("--threshold", type=float, help="decision threshold on cosine similarity (default: the one "
+                   "calibrated in the model's model.json)")
+    p.add_argument("--batch-size", type=int, help="images per backend call (default: the backend's maximum; "
+                   "32 on CPU, the plan's profile maximum on TensorRT)")
+    p.add_argument("--workers", type=int, help="image decoding threads (default: up to 4, one per core)")
+    p.add_argument("--strict", action="store_true", help="stop at the first unusable image instead of "
+                   "reporting it and scoring the rest")
+    p.add_argument("--cache", metavar="DIR", help="keep embeddings in DIR (embeddings.npy + index.json per model) "
+                   "so a re-run does not embed the same files again")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="evaluations: bootstrap resamples for "
+                   "the EER's 95%% confidence interval, 0 = none (default: %(default)s)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    for flag in ("batch_size", "workers"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            _err(f"error: --{flag.replace('_', '-')} must be >= 1, got {value}")
+            return EXIT_ERROR
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    return verify(**vars(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

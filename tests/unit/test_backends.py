@@ -1,0 +1,279 @@
+"""Backends agree with each other, split batches exactly, resolve models and choose automatically."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from engine.backends import (BackendError, Choice, ModelNotFound, ModelSource, auto_backend, choose,
+                             default_precision, open_backend, resolve_model)
+from engine.backends.onnxruntime_backend import OnnxRuntimeBackend, pick_providers
+from engine.contract import ContractError, ModelConfig
+from tiny_model import TINY, copy_model, tiny_model_folder
+
+S, D = TINY["input_size"], TINY["embedding_dim"]
+FP32_BACKENDS = ["onnxruntime", "openvino", "torch"]
+
+
+@pytest.fixture(scope="module")
+def model_dir():
+    return tiny_model_folder()
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(7).integers(0, 256, (9, S, S, 3), dtype=np.uint8)
+
+
+def cos_rows(a, b):
+    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+@pytest.fixture(scope="module")
+def torch_reference(model_dir, images):
+    with open_backend(model_dir, backend="torch") as be:
+        return be.embed(images)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_fp32_backends_agree_with_pytorch(model_dir, images, torch_reference, backend):
+    with open_backend(model_dir, backend=backend, precision="fp32") as be:
+        out = be.embed(images)
+    assert out.dtype == np.float32 and out.shape == (len(images), D)
+    assert cos_rows(out, torch_reference).min() > 0.9999
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    # The embeddings are not all the same vector (a broken model would still "agree").
+    assert cos_rows(out[:-1], out[1:]).min() < 0.9999
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_int8_qdq_file_runs_close_to_fp32(model_dir, images, torch_reference, backend):
+    with open_backend(model_dir, backend=backend, precision="int8") as be:
+        assert be.precision == "int8" and be.model_path.name == "model.int8.onnx"
+        out = be.embed(images)
+    assert cos_rows(out, torch_reference).min() > 0.99
+
+
+@pytest.mark.parametrize("backend", FP32_BACKENDS)
+def test_batch_sizes_give_the_same_embeddings_as_one_at_a_time(model_dir, images, backend):
+    max_batch = 4
+    with open_backend(model_dir, backend=backend, precision="fp32", max_batch=max_batch) as be:
+        assert be.max_batch == max_batch
+        single = np.concatenate([be.embed(images[i:i + 1]) for i in range(len(images))])
+        for n in (1, max_batch, max_batch + 1, len(images)):  # max+1 and 9 are split by the backend
+            batched = be.embed(images[:n])
+            # float32 rounding level: kernels may block work differently per batch size
+            np.testing.assert_allclose(batched, single[:n], rtol=0, atol=1e-6)
+
+
+def test_openvino_asks_for_f32_explicitly_and_bf16_on_request(model_dir):
+    with open_backend(model_dir, backend="openvino", precision="fp32") as be:
+        assert be.inference_precision == "f32"
+        assert be.describe()["inference_precision"] == "f32"
+    with open_backend(model_dir, backend="openvino", precision="bf16") as be:
+        assert be.inference_precision == "bf16"
+        assert be.model_path.name == "model.fp32.onnx"  # bf16 = the FP32 file under the bf16 hint
+
+
+def test_openvino_reports_kernels_after_a_run(model_dir, images):
+    with open_backend(model_dir, backend="openvino", precision="fp32") as be:
+        be.embed(images[:2])
+        kernels = be.kernels()
+    assert kernels and all(isinstance(k, str) and n > 0 for k, n in kernels.items())
+    assert any("conv" in k.lower() or "jit" in k.lower() or "brg" in k.lower() for k in kernels)
+
+
+def test_embed_validates_input_and_handles_empty_batch(model_dir):
+    with open_backend(model_dir, backend="onnxruntime") as be:
+        assert be.embed(np.zeros((0, S, S, 3), np.uint8)).shape == (0, D)
+        with pytest.raises(ValueError, match="expected uint8"):
+            be.embed(np.zeros((1, S, S, 3), np.float32))
+        with pytest.raises(ValueError, match="expected uint8"):
+            be.embed(np.zeros((1, S + 16, S + 16, 3), np.uint8))
+        # Non-contiguous input (a strided view) is accepted and gives the same result.
+        x = np.random.default_rng(1).integers(0, 256, (4, S, S, 3), dtype=np.uint8)
+        np.testing.assert_array_equal(be.embed(x[::2]), be.embed(np.ascontiguousarray(x[::2])))
+    with pytest.raises(BackendError, match="closed"):
+        be.embed(x)
+
+
+def test_open_backend_carries_config_threshold_and_choice(model_dir):
+    with open_backend(model_dir, backend="onnxruntime") as be:
+        assert be.config.threshold == 0.5
+        assert be.choice == Choice("onnxruntime", "int8", "asked for")
+        assert be.source.path == model_dir
+
+
+# ----------------------------------------------------------------------------- model resolution
+
+
+def test_resolve_folder_lists_every_artifact(model_dir):
+    src = resolve_model(model_dir)
+    assert set(src.onnx) == {"fp32", "int8"} and src.plans == {}
+    assert src.weights_dir == model_dir
+    assert src.config.input_size == S and src.config.threshold == 0.5
+
+
+def test_single_onnx_file_with_and_without_model_json(model_dir, tmp_path):
+    src = resolve_model(model_dir / "model.fp32.onnx")
+    assert src.onnx == {"fp32": model_dir / "model.fp32.onnx"} and src.config.threshold == 0.5
+    # A bare file elsewhere: the contract comes from the graph, precision from its Q/DQ nodes.
+    bare = shutil.copy(model_dir / "model.int8.onnx", tmp_path / "face.onnx")
+    src = resolve_model(bare)
+    assert list(src.onnx) == ["int8"]
+    assert (src.config.input_size, src.config.embedding_dim, src.config.threshold) == (S, D, None)
+    with open_backend(bare) as be:
+        assert be.precision == "int8" and be.config.threshold is None
+
+
+def test_missing_and_unusable_models_are_clear_errors(tmp_path):
+    with pytest.raises(ModelNotFound, match="no such file or folder"):
+        resolve_model(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelNotFound, match="no model.json"):
+        resolve_model(tmp_path / "empty")
+    garbage = tmp_path / "model.onnx"
+    garbage.write_bytes(b"this is not a protobuf \x00\xff" * 10)
+    with pytest.raises(ContractError, match="not a readable ONNX model"):
+        resolve_model(garbage)
+    text = tmp_path / "weights.bin"
+    text.write_text("hello")
+    with pytest.raises(ContractError, match="not an ONNX file"):
+        resolve_model(text)
+    plan = tmp_path / "model.fp16.plan"
+    plan.write_bytes(b"\x00" * 16)
+    with pytest.raises(BackendError, match="no sidecar model.fp16.plan.json"):
+        resolve_model(plan)
+
+
+def test_folder_with_only_config_is_refused(tmp_path):
+    ModelConfig(**TINY).save(tmp_path / "model.json")
+    with pytest.raises(ModelNotFound, match="no model.<precision>.onnx"):
+        resolve_model(tmp_path)
+
+
+def test_onnx_breaking_the_contract_is_refused(tmp_path):
+    # float32 NCHW input instead of uint8 NHWC
+    x = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, 32, 32])
+    y = helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["batch", 3])
+    graph = helper.make_graph([helper.make_node("ReduceMean", ["images"], ["embeddings"], axes=[2, 3],
+                                                keepdims=0)], "g", [x], [y])
+    path = tmp_path / "wrong.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    with pytest.raises(ContractError, match="input dtype is FLOAT, expected UINT8"):
+        open_backend(path, backend="onnxruntime")
+
+
+def test_folder_onnx_must_match_model_json(model_dir, tmp_path):
+    folder = copy_model(tmp_path / "m")
+    ModelConfig(arch="resnet18", input_size=48, embedding_dim=D).save(folder / "model.json")
+    with pytest.raises(ContractError, match="input size 32, model.json says 48"):
+        open_backend(folder, backend="onnxruntime")
+
+
+def test_no_default_model_says_how_to_make_one(monkeypatch, tmp_path):
+    monkeypatch.setattr("engine.backends.default_model_dir", lambda: tmp_path / "models")
+    with pytest.raises(ModelNotFound) as err:
+        open_backend(None)
+    assert "python -m convert" in str(err.value) and "--model" in str(err.value)
+
+
+def test_default_model_folder_is_used_when_present(monkeypatch, tmp_path):
+    folder = copy_model(tmp_path / "models")
+    monkeypatch.setattr("engine.backends.default_model_dir", lambda: folder)
+    with open_backend(None, backend="onnxruntime") as be:
+        assert be.source.path == folder and be.precision == "fp32"
+
+
+# ----------------------------------------------------------------------------- automatic choice
+
+
+@pytest.mark.parametrize("plan, trt, gpus, ov, expected", [
+    (True, True, 1, True, "tensorrt"),
+    (True, True, 0, True, "openvino"),  # no GPU
+    (True, False, 1, True, "openvino"),  # no TensorRT package
+    (False, True, 1, True, "openvino"),  # no plan
+    (False, False, 0, False, "onnxruntime"),  # ARM / Jetson CPU: no OpenVINO
+    (True, True, 2, False, "tensorrt"),
+])
+def test_auto_backend_table(plan, trt, gpus, ov, expected):
+    name, reason = auto_backend(plan, trt, gpus, ov)
+    assert name == expected and reason
+    if name != "tensorrt":
+        assert "TensorRT" in reason
+
+
+def test_default_precision_prefers_int8_where_present():
+    assert default_precision("openvino", ["fp32", "fp16", "int8"]) == "int8"
+    assert default_precision("onnxruntime", ["fp16", "fp32"]) == "fp32"
+    assert default_precision("tensorrt", ["fp32", "fp16"]) == "fp16"
+    assert default_precision("onnxruntime", []) is None
+
+
+def _src(tmp_path, onnx=(), plans=(), weights=False):
+    return ModelSource(tmp_path, ModelConfig(**TINY), onnx={p: tmp_path / f"model.{p}.onnx" for p in onnx},
+                       plans={p: tmp_path / f"model.{p}.plan" for p in plans},
+                       weights_dir=tmp_path if weights else None)
+
+
+def test_choose_uses_plan_only_with_tensorrt_and_gpu(tmp_path):
+    src = _src(tmp_path, onnx=["fp32", "int8"], plans=["fp16"])
+    gpu = {"tensorrt": True, "gpus": 1, "openvino": True}
+    cpu = {"tensorrt": False, "gpus": 0, "openvino": True}
+    c = choose(src, env=gpu)
+    assert (c.backend, c.precision) == ("tensorrt", "fp16")
+    c = choose(src, env=cpu)
+    assert (c.backend, c.precision) == ("openvino", "int8")
+    # Asking for a precision that has no plan falls back to the CPU file of that precision.
+    c = choose(src, precision="fp32", env=gpu)
+    assert (c.backend, c.precision) == ("openvino", "fp32")
+    c = choose(src, env={"tensorrt": False, "gpus": 0, "openvino": False})
+    assert (c.backend, c.precision) == ("onnxruntime", "int8")
+
+
+def test_choose_refuses_what_is_not_there(tmp_path):
+    src = _src(tmp_path, onnx=["fp32"])
+    with pytest.raises(BackendError, match="no int8 ONNX file for the onnxruntime backend"):
+        choose(src, backend="onnxruntime", precision="int8")
+    with pytest.raises(BackendError, match="no plan for the tensorrt backend"):
+        choose(src, backend="tensorrt")
+    with pytest.raises(BackendError, match="needs model.safetensors"):
+        choose(src, backend="torch")
+    with pytest.raises(BackendError, match="unknown backend"):
+        choose(src, backend="tflite")
+    with pytest.raises(BackendError, match="unknown precision"):
+        choose(src, precision="int4")
+    with pytest.raises(BackendError, match="no bf16"):
+        choose(src, backend="onnxruntime", precision="bf16")  # bf16 hint is OpenVINO's
+
+
+def test_choose_takes_torch_when_folder_has_only_weights(tmp_path):
+    c = choose(_src(tmp_path, weights=True))
+    assert (c.backend, c.precision) == ("torch", "fp32")
+
+
+def test_onnxruntime_providers_never_fall_back_silently():
+    assert pick_providers("cpu", ["CUDAExecutionProvider", "CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    assert pick_providers(None, ["CUDAExecutionProvider", "CPUExecutionProvider"])[0] == "CUDAExecutionProvider"
+    assert pick_providers(None, ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    with pytest.raises(BackendError, match="onnxruntime-gpu"):
+        pick_providers("cuda", ["CPUExecutionProvider"])
+
+
+def test_onnxruntime_backend_reports_unloadable_file(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x01garbage")
+    with pytest.raises(BackendError, match="onnxruntime cannot load it"):
+        OnnxRuntimeBackend(bad, input_size=S, embedding_dim=D)
+
+
+def test_torch_backend_refuses_unknown_device_and_fp16_on_cpu(model_dir):
+    from engine.backends.torch_backend import TorchBackend
+
+    with pytest.raises(BackendError, match="unknown device"):
+        TorchBackend(model_dir, device="tpu")
+    with pytest.raises(BackendError, match="fp16 is for CUDA"):
+        TorchBackend(model_dir, precision="fp16")
