@@ -26,7 +26,9 @@ setup(
         # Fastest CPU path (AMX/VNNI); absent on ARM, where ONNX Runtime is used.
         "openvino": ["openvino>=2024.4"],
         # CPU-side conversion: simplifier + ModelOpt without its GPU-only [onnx] extra.
-        "convert": ["onnxslim>=0.1.40", "nvidia-modelopt>=0.27", "onnx-graphsurgeon", "onnxconverter-common"],
+        "convert": ["onnxslim>=0.1.40", "nvidia-modelopt>=0.27", "onnx-graphsurgeon", "onnxconverter-common",
+                    # the CPU part of ModelOpt's [onnx] extra; onnxscript is also torch's ONNX exporter
+                    "onnxscript", "polygraphy>=0.53.4", "lief"],
         "cuda": ["cuda-python>=12.3"],
         "dev": ["pytest>=8", "pytest-benchmark>=4", "scikit-learn>=1.3"],
     },
