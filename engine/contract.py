@@ -31,6 +31,8 @@ class ModelConfig:
 
     arch: str = "resnet34"
     input_size: int = 112
+    # Share of the image's short side kept by the centre crop (engine.preprocess).
+    crop_fraction: float = 1.0
     embedding_dim: int = 512
     pixel_mean: tuple[float, float, float] = PIXEL_MEAN
     pixel_std: tuple[float, float, float] = PIXEL_STD
@@ -48,6 +50,8 @@ class ModelConfig:
         self.pixel_std = tuple(float(v) for v in self.pixel_std)
         if self.input_size < 32 or self.input_size % 16:
             raise ContractError(f"input_size must be >= 32 and a multiple of 16, got {self.input_size}")
+        if not 0.0 < self.crop_fraction <= 1.0:
+            raise ContractError(f"crop_fraction must be in (0, 1], got {self.crop_fraction}")
         if self.embedding_dim < 1:
             raise ContractError(f"embedding_dim must be positive, got {self.embedding_dim}")
 

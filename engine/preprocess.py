@@ -77,14 +77,23 @@ def _truncated_jpeg(data: bytes) -> bool:
     return data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-64:]
 
 
-def preprocess(rgb: np.ndarray, size: int = DEFAULT_SIZE, source: str = "<array>") -> np.ndarray:
-    """Centre-crop to a square and resize to ``size``; uint8 RGB HWC in, out."""
+def preprocess(rgb: np.ndarray, size: int = DEFAULT_SIZE, source: str = "<array>",
+               crop_fraction: float = 1.0) -> np.ndarray:
+    """Centre-crop a square and resize it to ``size``; uint8 RGB HWC in, out.
+
+    ``crop_fraction`` is the share of the short side the square keeps: 1.0
+    for tight face crops, about 0.5 for loosely framed, roughly aligned
+    photos such as LFW deep-funneled 250x250, where the face fills the
+    central half. It is part of the model's contract (``model.json``).
+    """
+    if not 0.0 < crop_fraction <= 1.0:
+        raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ImageError(f"{source}: expected uint8 HxWx3 RGB, got {rgb.dtype} {rgb.shape}")
     h, w = rgb.shape[:2]
     if min(h, w) < MIN_SOURCE_SIDE:
         raise ImageError(f"{source}: image is {w}x{h}, smaller than {MIN_SOURCE_SIDE}px on a side")
-    side = min(h, w)
+    side = max(1, round(min(h, w) * crop_fraction))
     top, left = (h - side) // 2, (w - side) // 2
     crop = rgb[top : top + side, left : left + side]
     if side == size:
@@ -93,7 +102,7 @@ def preprocess(rgb: np.ndarray, size: int = DEFAULT_SIZE, source: str = "<array>
     return cv2.resize(crop, (size, size), interpolation=interp)
 
 
-def load_image(path: str | os.PathLike, size: int = DEFAULT_SIZE) -> np.ndarray:
+def load_image(path: str | os.PathLike, size: int = DEFAULT_SIZE, crop_fraction: float = 1.0) -> np.ndarray:
     """Read, decode and preprocess one file: uint8 RGB (size, size, 3)."""
     path = Path(path)
     try:
@@ -104,4 +113,4 @@ def load_image(path: str | os.PathLike, size: int = DEFAULT_SIZE) -> np.ndarray:
         raise ImageError(f"{path}: is a directory, not an image") from None
     except OSError as exc:
         raise ImageError(f"{path}: cannot read ({exc.strerror})") from None
-    return preprocess(decode(data, str(path)), size, str(path))
+    return preprocess(decode(data, str(path)), size, str(path), crop_fraction)

@@ -147,3 +147,16 @@ def test_preprocess_rejects_wrong_array():
         preprocess(np.zeros((64, 64), np.uint8))
     with pytest.raises(ImageError, match="expected uint8 HxWx3"):
         preprocess(np.zeros((64, 64, 3), np.float32))
+
+
+def test_crop_fraction_keeps_the_central_share():
+    from engine.preprocess import preprocess
+
+    rgb = np.zeros((200, 200, 3), np.uint8)
+    rgb[50:150, 50:150] = 255  # white central half, black border
+    full = preprocess(rgb, 64)
+    half = preprocess(rgb, 64, crop_fraction=0.5)
+    assert full[0, 0].tolist() == [0, 0, 0] and full[32, 32].tolist() == [255, 255, 255]
+    assert half.min() == 255  # only the white centre survives the 0.5 crop
+    with pytest.raises(ValueError, match="crop_fraction"):
+        preprocess(rgb, 64, crop_fraction=0.0)
