@@ -105,6 +105,7 @@ def convert_fp16(src: str | os.PathLike, dst: str | os.PathLike, calibration: np
     """
     from convert.export import save_onnx
 
+    check_onnx(src, config)  # a corrupt or off-contract input: ContractError naming it
     convert_to_mixed_precision = _import_modelopt("autocast")
     calibration = _check_calibration(calibration, config, "FP16 conversion")[:max_images]
     with tempfile.TemporaryDirectory(prefix="fp16-") as work:
@@ -144,6 +145,7 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: n
     if high_precision not in HIGH_PRECISION_TYPES:
         raise PrecisionError(f"high precision type {high_precision!r}: choose one of "
                              f"{', '.join(HIGH_PRECISION_TYPES)}")
+    check_onnx(src, config)
     quantize = _import_modelopt("quantize")
     calibration = _check_calibration(calibration, config, "INT8 quantization")
     batch = max(1, min(int(calib_batch), len(calibration)))

@@ -29,13 +29,11 @@ def simplify_onnx(src: str | os.PathLike, dst: str | os.PathLike, *, simplifier:
     ``simplifier="none"`` copies the graph unchanged (for debugging a
     simplifier bug).
     """
-    import onnx
-
-    from convert.export import save_onnx
+    from convert.export import load_onnx, save_onnx
 
     if simplifier not in SIMPLIFIERS:
         raise SimplifyError(f"unknown simplifier {simplifier!r}; choose one of {', '.join(SIMPLIFIERS)}")
-    model = onnx.load(str(src))
+    model = load_onnx(src, config)  # a corrupt or off-contract file: ContractError naming it
     before = len(model.graph.node)
     version = ""
     out = io.StringIO()
