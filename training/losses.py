@@ -74,7 +74,9 @@ def semi_hard_triplet_loss(embeddings, identity, is_fake, margin: float = 0.2, f
 
     Where no negative is farther than the positive, the farthest negative is
     used (as TensorFlow Addons does), which keeps early training from
-    collapsing onto the hardest, possibly mislabelled, negatives.
+    collapsing onto the hardest, possibly mislabelled, negatives. Note that a
+    fake lying closer to the anchor than its positive is then not scored while
+    a farther negative exists; batch-hard (the default) always scores it.
     """
     dist = cosine_distance(embeddings.float())
     positive, negative = pair_masks(identity, is_fake, fake_fake)

@@ -1,0 +1,215 @@
+"""End-to-end training on a tiny synthetic dataset: loss, files, exact resume, options, torchrun."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import synthetic_face, write_jpeg
+from engine.contract import ModelConfig
+from training.checkpoint import load_model
+from training.config import load_config
+from training.distill import save_teacher
+from training.model import get_model
+from training.train import TrainError, load_init, lr_at, rng_state, set_rng_state, train
+
+REPO = Path(__file__).resolve().parents[2]
+N_IDS, N_REAL, N_FAKE = 8, 4, 2
+
+
+def _face(ident: int, k: int, fake: bool = False) -> np.ndarray:
+    img = synthetic_face(ident * 1000, size=64)
+    rng = np.random.default_rng(ident * 100 + k + (50 if fake else 0))
+    img = np.roll(img, tuple(int(s) for s in rng.integers(-3, 4, 2)), axis=(0, 1))
+    if fake:  # another face's centre pasted into A's: a crude face swap that still looks like A around it
+        img = img.copy()
+        img[20:44, 14:50] = synthetic_face(ident * 1000 + 7, size=64)[20:44, 14:50]
+    return img
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """The layout training.prepare writes: train/ (meta.json, fakes.json, images/), val/ (pairs)."""
+    root = tmp_path_factory.mktemp("fakeaware")
+    meta, fakes = {}, {}
+    for ident in range(N_IDS):
+        for k in range(N_REAL + N_FAKE):
+            fake = k >= N_REAL
+            rel = f"{ident:05d}/{k}.jpg"
+            write_jpeg(root / "train" / "images" / rel, _face(ident, k, fake))
+            meta[rel] = int(fake)
+            if fake:
+                fakes[rel] = {"attack": "face-swap", "source": f"{ident:05d}"}
+    (root / "train" / "meta.json").write_text(json.dumps(meta))
+    (root / "train" / "fakes.json").write_text(json.dumps(fakes))
+    rows = []
+    for i, ident in enumerate(range(20, 26)):
+        for j, kind in enumerate(("genuine", "impostor", "fake-of-same")):
+            pid = f"{i * 3 + j:08d}"
+            other = {"genuine": _face(ident, 1), "impostor": _face(ident + 10, 1),
+                     "fake-of-same": _face(ident, 2, fake=True)}[kind]
+            write_jpeg(root / "val" / "images" / pid / "0.jpg", _face(ident, 0))
+            write_jpeg(root / "val" / "images" / pid / "1.jpg", other)
+            rows.append([pid, int(kind == "genuine"), kind, "face-swap" if kind == "fake-of-same" else ""])
+    with open(root / "val" / "pairs.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["pair_id", "label", "type", "attack"])
+        writer.writerows(rows)
+    return root
+
+
+def tiny(dataset: Path, run_dir: Path, *overrides: str):
+    return load_config(REPO / "configs" / "tiny.yaml",
+                       [f"data_dir={dataset}", f"output_dir={run_dir}", *overrides])
+
+
+def test_lr_schedule():
+    assert lr_at(0, 100, 10, 1.0, 0.01) == pytest.approx(0.1)
+    assert lr_at(9, 100, 10, 1.0, 0.01) == pytest.approx(1.0)
+    assert lr_at(10, 100, 10, 1.0, 0.01) == pytest.approx(1.0)
+    assert lr_at(55, 100, 10, 1.0, 0.01) == pytest.approx(0.505)
+    assert lr_at(100, 100, 10, 1.0, 0.01) == pytest.approx(0.01)
+    assert lr_at(0, 100, 0, 1.0, 0.0) == pytest.approx(1.0)
+
+
+def test_rng_state_round_trips_through_weights_only_load(tmp_path):
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    torch.save(rng_state(), tmp_path / "rng.pt")
+    first = (random.random(), np.random.rand(), torch.rand(1).item())
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
+
+
+def test_end_to_end_training_reduces_the_loss(dataset, tmp_path):
+    run = tmp_path / "run"
+    no_augment = [f"augment.{k}=0" for k in ("flip_p", "affine_p", "color_p", "grayscale_p", "jpeg_p", "blur_p")]
+    summary = train(tiny(dataset, run, "epochs=6", "steps_per_epoch=4", "lr=5e-3", *no_augment), progress=False)
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == list(range(7))
+    assert rows[0]["val_eer"] is not None and "loss" not in rows[0]  # epoch 0: the untrained model
+    assert all(r["val_eer"] is not None and r["val_eer_real"] is not None and r["val_eer_fake"] is not None
+               for r in rows)
+    losses = [r["loss"] for r in rows[1:]]
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert min(r["val_eer"] for r in rows[1:]) < rows[0]["val_eer"]  # better than untrained on held-out people
+    assert all(r["img_s"] > 0 for r in rows[1:])
+    with open(run / "log.csv") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == list(range(7))
+
+    # best checkpoint = lowest val EER, with its threshold; it loads through the contract
+    best = min(rows, key=lambda r: (r["val_eer"], r["epoch"]))
+    assert summary["best_epoch"] == rows[-1]["best_epoch"] == best["epoch"]
+    cfg = ModelConfig.load(run / "model.json")
+    assert cfg.threshold == pytest.approx(best["val_threshold"]) and cfg.extra["epoch"] == best["epoch"]
+    model = load_model(run)
+    with torch.no_grad():
+        emb = model(torch.zeros(2, 32, 32, 3, dtype=torch.uint8))
+    assert emb.shape == (2, 16)
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert state["progress"]["epoch"] == 7 and state["progress"]["global_step"] == 24
+    assert load_config(run / "config.yaml").epochs == 6
+
+
+@pytest.mark.parametrize("stop_after", [3, 4], ids=["epoch-boundary", "mid-epoch"])
+def test_resume_reproduces_the_uninterrupted_run(dataset, tmp_path, stop_after):
+    overrides = ("epochs=2", "steps_per_epoch=3", "dropout=0.3", "checkpoint_every=1")
+    whole = tmp_path / "whole"
+    train(tiny(dataset, whole, *overrides), progress=False)
+    parts = tmp_path / "parts"
+    first = train(tiny(dataset, parts, *overrides), stop_after_steps=stop_after, progress=False)
+    assert first["stopped"] and first["global_step"] == stop_after
+    # the resumed process starts from a different RNG state: resume must restore it
+    torch.manual_seed(12345), random.seed(5), np.random.seed(5)
+    second = train(tiny(dataset, parts, *overrides, "threads=1"), resume=True, progress=False)
+    assert not second["stopped"] and second["global_step"] == 6
+
+    a = torch.load(whole / "last.pt", weights_only=True)
+    b = torch.load(parts / "last.pt", weights_only=True)
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(sa["exp_avg"], sb["exp_avg"])
+    assert (whole / "model.safetensors").read_bytes() == (parts / "model.safetensors").read_bytes()
+    rows_a = [json.loads(line) for line in (whole / "log.jsonl").read_text().splitlines()]
+    rows_b = [json.loads(line) for line in (parts / "log.jsonl").read_text().splitlines()]
+    timing = ("img_s", "train_s")
+    assert [{k: v for k, v in r.items() if k not in timing} for r in rows_a] == \
+           [{k: v for k, v in r.items() if k not in timing} for r in rows_b]
+
+
+def test_run_directory_guards(dataset, tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(TrainError, match="nothing to resume"):
+        train(tiny(dataset, run), resume=True, progress=False)
+    train(tiny(dataset, run, "epochs=1", "steps_per_epoch=1"), progress=False)
+    with pytest.raises(TrainError, match="already holds a run"):
+        train(tiny(dataset, run, "epochs=1", "steps_per_epoch=1"), progress=False)
+    with pytest.raises(TrainError, match="changed: lr"):
+        train(tiny(dataset, run, "epochs=1", "steps_per_epoch=1", "lr=0.5"), resume=True, progress=False)
+
+
+def test_all_options_together(dataset, tmp_path):
+    """Aux ArcFace head, semi-hard mining, SGD, clipping, bf16 autocast, distillation, no validation."""
+    teacher = tmp_path / "teacher.npz"
+    meta = json.loads((dataset / "train" / "meta.json").read_text())
+    reals = sorted(k for k, v in meta.items() if v == 0)
+    save_teacher(teacher, reals, np.random.default_rng(0).normal(size=(len(reals), 7)))
+    run = tmp_path / "run"
+    summary = train(tiny(dataset, run, "epochs=2", "steps_per_epoch=2", "aux_head=arcface", "mining=semi_hard",
+                         "optimizer=sgd", "lr=0.05", "grad_clip=1", "precision=bf16", "fake_fake=positive",
+                         f"teacher={teacher}", "distill_weight=1", "validate=false"), progress=False)
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert all(r["aux"] > 0 and r["distill"] > 0 for r in rows[1:])
+    assert all(r["loss"] == pytest.approx(r["triplet"] + r["aux"] + r["distill"], rel=1e-5) for r in rows[1:])
+    assert summary["best_epoch"] == 2
+    cfg = ModelConfig.load(run / "model.json")
+    assert cfg.threshold is None and cfg.extra["epoch"] == 2
+    load_model(run)  # the shipped model has no auxiliary head weights
+
+
+def test_init_loads_a_torchvision_state_dict(tmp_path):
+    source = get_model(ModelConfig(arch="resnet18", input_size=32, embedding_dim=8))
+    state = {k: v + 1.0 if v.dtype.is_floating_point else v for k, v in source.backbone.state_dict().items()}
+    state["fc.weight"], state["fc.bias"] = torch.zeros(1000, 512), torch.zeros(1000)
+    torch.save(state, tmp_path / "resnet18.pth")
+    target = get_model(ModelConfig(arch="resnet18", input_size=32, embedding_dim=8))
+    report = load_init(target, str(tmp_path / "resnet18.pth"))
+    assert report["unexpected"] == []
+    torch.testing.assert_close(target.backbone.conv1.weight, source.backbone.conv1.weight + 1.0)
+    (tmp_path / "bad.pth").write_bytes(b"nope")
+    with pytest.raises(TrainError, match="bad.pth: not a readable state dict"):
+        load_init(target, str(tmp_path / "bad.pth"))
+    wrong = get_model(ModelConfig(arch="resnet50", input_size=32, embedding_dim=8)).backbone.state_dict()
+    torch.save(wrong, tmp_path / "resnet50.pth")
+    with pytest.raises(TrainError, match="resnet50.pth"):
+        load_init(target, str(tmp_path / "resnet50.pth"))
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes_train_one_epoch(dataset, tmp_path):
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "training.train", "--config", str(REPO / "configs" / "tiny.yaml"), f"data_dir={dataset}",
+           f"output_dir={run}", "epochs=1", "steps_per_epoch=0", "--no-progress"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert state["sampler"]["world_size"] == 2
+    assert len(state["rng"]) == 2  # one RNG state per process
+    # auto steps: 8 identities // (P=4 x 2 ranks) = 1 step per rank, 2 x 16 images in all
+    assert state["progress"]["global_step"] == 1
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1] and rows[1]["loss"] > 0 and rows[1]["val_eer"] is not None
+    # the optimizer stepped on gradients averaged over both processes
+    assert any(st["exp_avg"].abs().sum() > 0 for st in state["optimizer"]["state"].values())
