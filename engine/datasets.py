@@ -400,9 +400,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("split-csv", parents=[common], help="train.csv / val.csv (label,path,split,is_query,is_gallery)")
     p.add_argument("path", help="the CSV file")
     p.add_argument("--root", required=True, help="folder the CSV's paths are relative to")
-    p = sub.add_parser("pair-folder", parents=[common], help="test_public layout: images/<pair_id>/0.jpg,1.jpg [+ pairs.csv]")
+    p = sub.add_parser("pair-folder", parents=[common],
+                       help="test_public layout: images/<pair_id>/0.jpg,1.jpg [+ pairs.csv]")
     p.add_argument("folder", help="folder holding images/ (and optionally pairs.csv)")
-    p.add_argument("--labels-csv", help="pair labels (pair_id,label[,type,attack]); default folder/pairs.csv if present")
+    p.add_argument("--labels-csv",
+                   help="pair labels (pair_id,label[,type,attack]); default folder/pairs.csv if present")
     p = sub.add_parser("lfw-pairs", parents=[common], help="LFW pairs.txt over identity folders")
     p.add_argument("pairs_txt", help="pairs.txt (header '10\\t300')")
     p.add_argument("--lfw-root", required=True, help="folder of LFW identity folders")

@@ -72,9 +72,16 @@ def decode(data: bytes, source: str = "<bytes>") -> np.ndarray:
 
 
 def _truncated_jpeg(data: bytes) -> bool:
-    # libjpeg fills a truncated scan with grey and only warns; the EOI marker
-    # (FFD9) near the end is the cheap, reliable tell.
-    return data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-64:]
+    # libjpeg fills a truncated scan with grey and only warns; a missing EOI
+    # marker (FFD9) is the cheap, reliable tell. Usually it ends the file; some
+    # cameras append trailers, so otherwise look for it after the last scan
+    # header (FFDA): entropy-coded data never contains FFD9 (0xFF is stuffed).
+    if data[:2] != b"\xff\xd8":
+        return False
+    if b"\xff\xd9" in data[-64:]:
+        return False
+    sos = data.rfind(b"\xff\xda")
+    return sos < 0 or data.find(b"\xff\xd9", sos) < 0
 
 
 def preprocess(rgb: np.ndarray, size: int = DEFAULT_SIZE, source: str = "<array>",

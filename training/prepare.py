@@ -345,7 +345,8 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, seed: int = 0, fa
         raise PrepareError(f"val_fraction {val_fraction} + test_fraction {test_fraction} must be in [0, 1)")
     for name, counts in (("val_pairs", val_pairs), ("test_pairs", test_pairs)):
         if len(counts) != 4 or any(int(c) < 0 for c in counts):
-            raise PrepareError(f"{name} must be 4 counts >= 0 (genuine,impostor,fake-of-same,fake-of-other), got {counts}")
+            raise PrepareError(f"{name} must be 4 counts >= 0 (genuine,impostor,fake-of-same,fake-of-other), "
+                               f"got {counts}")
     if excluded_to not in ("test", "drop"):
         raise PrepareError(f"excluded_to must be 'test' or 'drop', got {excluded_to!r}")
     if (exclude_lfw_pairs is None) != (exclude_fold is None):
@@ -510,13 +511,15 @@ def main(argv: list[str] | None = None) -> int:
                     "(e.g. LFW): train/ with real + synthesised fakes, identity-disjoint val/ and test/ pair sets.")
     parser.add_argument("--source", required=True, help="folder of <identity>/<image> folders (e.g. lfw-deepfunneled)")
     parser.add_argument("--out", required=True, help="output folder (built in a temporary sibling, renamed at the end)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives identical output (default 0)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="random seed; the same seed gives identical output (default 0)")
     parser.add_argument("--fakes-per-identity", type=int, default=5,
                         help="fakes showing each train identity, attacks cycled (default 5, as in Kryptonite)")
     parser.add_argument("--force", action="store_true", help="replace a non-empty --out")
     parser.add_argument("--min-images", type=int, default=2,
                         help="identities with fewer images are not used (default 2: genuine pairs need two)")
-    parser.add_argument("--val-fraction", type=float, default=0.10, help="share of usable identities for val (default 0.10)")
+    parser.add_argument("--val-fraction", type=float, default=0.10,
+                        help="share of usable identities for val (default 0.10)")
     parser.add_argument("--test-fraction", type=float, default=0.15,
                         help="share of usable identities for test, excluded-fold identities included (default 0.15)")
     parser.add_argument("--val-pairs", type=_counts, default=DEFAULT_VAL_PAIRS, metavar="G,I,FS,FO",

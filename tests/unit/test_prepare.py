@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import make_identity_folders, synthetic_face, write_jpeg
-from engine.datasets import (FAKE_OF_OTHER, FAKE_OF_SAME, GENUINE, IMPOSTOR, PAIR_TYPES, DataError, read_kryptonite_train,
-                             read_pair_folder)
+from engine.datasets import (FAKE_OF_OTHER, FAKE_OF_SAME, GENUINE, IMPOSTOR, PAIR_TYPES, DataError,
+                             read_kryptonite_train, read_pair_folder)
 from engine.preprocess import load_image
 from training import prepare as prep
 from training.attacks import ATTACKS

@@ -120,6 +120,17 @@ def test_truncated_jpeg_refused(tmp_path):
         load_image(path)
 
 
+def test_jpeg_with_trailer_after_end_marker_accepted(tmp_path):
+    good = write_jpeg(tmp_path / "good.jpg", synthetic_face(1, 96)).read_bytes()
+    path = tmp_path / "trailer.jpg"
+    path.write_bytes(good + b"CAMERA-TRAILER" * 40)  # > 64 bytes after EOI, as some cameras write
+    assert np.array_equal(load_image(path, 96), load_image(tmp_path / "good.jpg", 96))
+    cut = tmp_path / "cut_before_trailer.jpg"
+    cut.write_bytes(good[:-300] + b"CAMERA-TRAILER" * 40)
+    with pytest.raises(ImageError, match="truncated"):
+        load_image(cut)
+
+
 @pytest.mark.parametrize("header", [_png_header_only, _jpeg_header_only], ids=["png", "jpeg"])
 def test_huge_header_refused_before_decoding(tmp_path, header):
     path = tmp_path / "huge.img"
