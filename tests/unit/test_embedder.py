@@ -1,0 +1,174 @@
+"""The embedder: order under the thread pool, batching, per-image failures, strict mode, cache."""
+from __future__ import annotations
+
+import random
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+import engine.embedder as embedder_module
+from conftest import synthetic_face, write_jpeg
+from engine.backends import open_backend
+from engine.embedder import Embedder
+from engine.preprocess import ImageError, load_image
+from tiny_model import TINY, tiny_model_folder
+
+S, D = TINY["input_size"], TINY["embedding_dim"]
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faces")
+    return [write_jpeg(root / f"{i:03d}.jpg", synthetic_face(i, size=48 + (i % 5) * 8)) for i in range(23)]
+
+
+def backend(**kw):
+    return open_backend(tiny_model_folder(), backend="onnxruntime", precision="fp32", **kw)
+
+
+def one_at_a_time(paths):
+    with backend() as be:
+        return np.concatenate([be.embed(load_image(p, S)[None]) for p in paths])
+
+
+@pytest.fixture(scope="module")
+def reference(faces):
+    return one_at_a_time(faces)
+
+
+def test_order_is_kept_with_many_workers_and_scrambled_decode_times(faces, reference, monkeypatch):
+    real = embedder_module.load_image
+    rng = random.Random(0)
+
+    def slow_random(path, size):  # later images often finish first
+        time.sleep(rng.uniform(0, 0.01))
+        return real(path, size)
+
+    monkeypatch.setattr(embedder_module, "load_image", slow_random)
+    with Embedder(backend(), workers=4, batch_size=4, prefetch=2, progress=False) as emb:
+        res = emb.embed_paths(faces)
+    assert res.ok.all() and res.failures == []
+    np.testing.assert_allclose(res.embeddings, reference, rtol=0, atol=1e-6)
+    assert res.n_embedded == len(faces)
+    # Rows differ from each other: equality above could not come from a constant output.
+    assert np.abs(res.embeddings[1:] - res.embeddings[:-1]).max() > 1e-3
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 32])
+def test_any_batch_size_gives_the_same_rows(faces, reference, batch_size):
+    with Embedder(backend(max_batch=4), batch_size=batch_size, workers=2, progress=False) as emb:
+        res = emb.embed_paths(faces)
+    np.testing.assert_allclose(res.embeddings, reference, rtol=0, atol=1e-6)
+
+
+def test_results_are_not_views_of_reused_buffers(faces, reference):
+    with Embedder(backend(), batch_size=3, prefetch=1, progress=False) as emb:
+        first = emb.embed_paths(faces[:3])
+        emb.embed_paths(faces[10:20])
+    np.testing.assert_allclose(first.embeddings, reference[:3], rtol=0, atol=1e-6)
+
+
+def test_repeated_paths_are_embedded_once(faces, reference):
+    paths = [faces[0], faces[1], faces[0], faces[2], faces[1]]
+    with Embedder(backend(), progress=False) as emb:
+        res = emb.embed_paths(paths)
+    assert res.n_embedded == 3
+    np.testing.assert_allclose(res.embeddings, reference[[0, 1, 0, 2, 1]], rtol=0, atol=1e-6)
+
+
+@pytest.fixture
+def bad_images(tmp_path, faces):
+    files = {}
+    files["corrupt"] = tmp_path / "corrupt.jpg"  # a JPEG cut in half, as by an interrupted copy
+    data = faces[0].read_bytes()
+    files["corrupt"].write_bytes(data[:len(data) // 2])
+    files["text"] = tmp_path / "notes.jpg"
+    files["text"].write_text("hello, I am a text file")
+    files["tiny"] = tmp_path / "tiny.png"
+    cv2.imwrite(str(files["tiny"]), np.zeros((1, 1, 3), np.uint8))
+    files["missing"] = tmp_path / "missing.jpg"
+    files["folder"] = tmp_path / "a_folder.jpg"
+    files["folder"].mkdir()
+    return files
+
+
+def test_unusable_images_are_reported_and_the_rest_embedded(faces, reference, bad_images, tmp_path):
+    flat = tmp_path / "flat.png"  # one colour: no face, but a valid image -> still scored
+    cv2.imwrite(str(flat), np.full((60, 60, 3), 128, np.uint8))
+    paths = [faces[0], bad_images["corrupt"], faces[1], bad_images["text"], bad_images["tiny"], flat,
+             bad_images["missing"], bad_images["folder"], faces[2]]
+    with Embedder(backend(), batch_size=4, progress=False) as emb:
+        res = emb.embed_paths(paths)
+    assert res.ok.tolist() == [True, False, True, False, False, True, False, False, True]
+    np.testing.assert_allclose(res.embeddings[[0, 2, 8]], reference[:3], rtol=0, atol=1e-6)
+    assert np.isfinite(res.embeddings[5]).all()
+    assert np.isnan(res.embeddings[~res.ok]).all()
+    reasons = {f.path.name: f.reason for f in res.failures}
+    assert reasons == {
+        "corrupt.jpg": "truncated JPEG (no end-of-image marker)",
+        "notes.jpg": "not a decodable image",
+        "tiny.png": "image is 1x1, smaller than 8px on a side",
+        "missing.jpg": "no such file",
+        "a_folder.jpg": "is a directory, not an image",
+    }
+    assert str(res.failures[0]) == f"{bad_images['corrupt']}: truncated JPEG (no end-of-image marker)"
+
+
+def test_strict_stops_at_the_first_unusable_image(faces, bad_images):
+    with Embedder(backend(), strict=True, batch_size=2, progress=False) as emb:
+        with pytest.raises(ImageError, match=f"{bad_images['corrupt']}: truncated JPEG"):
+            emb.embed_paths([faces[0], faces[1], faces[2], bad_images["corrupt"], faces[3]])
+
+
+def test_cache_skips_known_files_and_notices_changes(faces, reference, tmp_path):
+    cache = tmp_path / "cache"
+    paths = [tmp_path / f"{i}.jpg" for i in range(4)]
+    for src, dst in zip(faces, paths):
+        dst.write_bytes(src.read_bytes())
+    with Embedder(backend(), cache_dir=cache, progress=False) as emb:
+        first = emb.embed_paths(paths)
+    assert (first.n_embedded, first.n_cached) == (4, 0)
+    (folder,) = cache.iterdir()
+    assert sorted(p.name for p in folder.iterdir()) == ["embeddings.npy", "index.json"]
+
+    write_jpeg(paths[2], synthetic_face(999, size=64))  # changed file: must be embedded again
+    with Embedder(backend(), cache_dir=cache, progress=False) as emb:
+        second = emb.embed_paths(paths + [faces[5]])
+    assert (second.n_embedded, second.n_cached) == (2, 3)
+    np.testing.assert_array_equal(second.embeddings[[0, 1, 3]], first.embeddings[[0, 1, 3]])
+    np.testing.assert_allclose(second.embeddings[2], one_at_a_time([paths[2]])[0], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(second.embeddings[4], reference[5], rtol=0, atol=1e-6)
+
+    # Another precision is another model: its own cache folder, nothing reused.
+    with Embedder(open_backend(tiny_model_folder(), backend="onnxruntime", precision="int8"), cache_dir=cache,
+                  progress=False) as emb:
+        third = emb.embed_paths(paths)
+    assert third.n_cached == 0 and len(list(cache.iterdir())) == 2
+
+
+def test_a_damaged_cache_is_ignored(faces, reference, tmp_path):
+    cache = tmp_path / "cache"
+    with Embedder(backend(), cache_dir=cache, progress=False) as emb:
+        emb.embed_paths(faces[:2])
+    (folder,) = cache.iterdir()
+    (folder / "embeddings.npy").write_bytes(b"garbage")
+    with Embedder(backend(), cache_dir=cache, progress=False) as emb:
+        res = emb.embed_paths(faces[:2])
+    assert res.n_cached == 0
+    np.testing.assert_allclose(res.embeddings, reference[:2], rtol=0, atol=1e-6)
+
+
+def test_embedder_owns_and_closes_its_backend():
+    be = backend()
+    with Embedder(be, progress=False):
+        pass
+    assert be.closed
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="batch_size"):
+        Embedder(backend(), batch_size=0)
+    with pytest.raises(ValueError, match="workers"):
+        Embedder(backend(), workers=0)

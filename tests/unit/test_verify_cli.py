@@ -1,0 +1,308 @@
+"""``python -m engine.verify``: exit codes, JSON, submissions (sorted, complete, atomic), evaluations, bad input."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO, synthetic_face, write_jpeg
+from engine.verify import main
+from tiny_model import tiny_model_folder
+
+
+@pytest.fixture(scope="module")
+def model():
+    return str(tiny_model_folder())
+
+
+def make_pairs(root: Path, n: int, labels: bool = True, ids=None) -> Path:
+    """A Kryptonite test_public-style folder; odd pairs show the same synthetic face twice."""
+    ids = ids or [f"{i * 7 + 3:08d}" for i in range(n)]  # gaps: sorting must not assume 0..n-1
+    rows = ["pair_id,label,type,attack"]
+    for k, pid in enumerate(ids):
+        same = k % 2 == 1
+        write_jpeg(root / "images" / pid / "0.jpg", synthetic_face(k, size=40))
+        write_jpeg(root / "images" / pid / "1.jpg", np.roll(synthetic_face(k if same else 500 + k, size=40), 1, 0))
+        rows.append(f"{pid},{int(same)},{'genuine' if same else 'impostor'},")
+    if labels:
+        (root / "pairs.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def pairs_dir(tmp_path_factory):
+    return make_pairs(tmp_path_factory.mktemp("pairs"), 12)
+
+
+def run(capsys, *argv):
+    code = main([*map(str, argv), "--no-progress"])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ----------------------------------------------------------------------------- two images
+
+
+def test_two_images_exit_codes_follow_the_decision(capsys, model, pairs_dir):
+    a, b = pairs_dir / "images/00000003/0.jpg", pairs_dir / "images/00000003/1.jpg"
+    code, out, err = run(capsys, a, b, "--model", model, "--threshold", "-1")
+    assert code == 0 and "decision:   same person" in out
+    assert "backend openvino" in err or "backend onnxruntime" in err  # the automatic choice is printed
+    code, out, _ = run(capsys, a, b, "--model", model, "--threshold", "1.01")
+    assert code == 1 and "different people" in out
+
+
+def test_two_images_json(capsys, model, pairs_dir):
+    a, b = pairs_dir / "images/00000010/0.jpg", pairs_dir / "images/00000010/1.jpg"
+    code, out, _ = run(capsys, a, b, "--model", model, "--json", "--backend", "onnxruntime", "--precision", "fp32")
+    info = json.loads(out)
+    assert code == (0 if info["match"] else 1)
+    assert info["threshold"] == 0.5  # from model.json
+    assert info["match"] == (info["similarity"] >= 0.5)
+    assert -1.0 <= info["similarity"] <= 1.0
+    assert (info["backend"], info["precision"], info["model"]) == ("onnxruntime", "fp32", model)
+    assert info["image_a"] == str(a)
+
+
+def test_same_image_twice_is_similarity_one(capsys, model, pairs_dir):
+    a = pairs_dir / "images/00000003/0.jpg"
+    code, out, _ = run(capsys, a, a, "--model", model, "--json")
+    assert code == 0 and json.loads(out)["similarity"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_error_exit_code_and_json_error(capsys, model, tmp_path, pairs_dir):
+    code, out, err = run(capsys, tmp_path / "nope.jpg", pairs_dir / "images/00000003/0.jpg", "--model", model,
+                         "--json")
+    assert code == 2
+    assert json.loads(out) == {"error": f"{tmp_path / 'nope.jpg'}: no such file"}
+    assert f"error: {tmp_path / 'nope.jpg'}: no such file" in err
+    text = tmp_path / "text.jpg"
+    text.write_text("not an image")
+    code, _, err = run(capsys, text, pairs_dir / "images/00000003/0.jpg", "--model", model)
+    assert code == 2 and f"{text}: not a decodable image" in err
+
+
+def test_one_colour_image_is_scored_and_1x1_refused(capsys, model, tmp_path, pairs_dir):
+    import cv2
+
+    flat, dot = tmp_path / "flat.png", tmp_path / "dot.png"
+    cv2.imwrite(str(flat), np.full((50, 50, 3), 90, np.uint8))
+    cv2.imwrite(str(dot), np.full((1, 1, 3), 90, np.uint8))
+    face = pairs_dir / "images/00000003/0.jpg"
+    code, out, _ = run(capsys, flat, face, "--model", model, "--json")
+    assert code in (0, 1) and np.isfinite(json.loads(out)["similarity"])
+    code, _, err = run(capsys, dot, face, "--model", model)
+    assert code == 2 and "1x1, smaller than 8px" in err
+
+
+def test_model_that_is_not_onnx_or_plan(capsys, tmp_path, pairs_dir):
+    face = pairs_dir / "images/00000003/0.jpg"
+    fake = tmp_path / "model.onnx"
+    fake.write_text("definitely not protobuf")
+    code, _, err = run(capsys, face, face, "--model", fake)
+    assert code == 2 and f"{fake}: not a readable ONNX model" in err
+    other = tmp_path / "weights.pt"
+    other.write_bytes(b"\x00" * 10)
+    code, _, err = run(capsys, face, face, "--model", other)
+    assert code == 2 and "not an ONNX file (.onnx), TensorRT plan" in err
+    code, _, err = run(capsys, face, face, "--model", tmp_path / "missing_dir")
+    assert code == 2 and "no such file or folder" in err
+
+
+def test_no_model_and_no_bundled_model_says_how_to_make_one(capsys, monkeypatch, tmp_path, pairs_dir):
+    monkeypatch.setattr("engine.backends.default_model_dir", lambda: tmp_path / "models")
+    face = pairs_dir / "images/00000003/0.jpg"
+    code, _, err = run(capsys, face, face)
+    assert code == 2 and "python -m convert" in err
+
+
+def test_no_threshold_anywhere_is_an_error_after_printing_the_similarity(capsys, model, pairs_dir):
+    onnx = Path(model) / "model.fp32.onnx"
+    bare = pairs_dir.parent / "bare.onnx"  # a lone ONNX file has no model.json, so no threshold
+    bare.write_bytes(onnx.read_bytes())
+    face = pairs_dir / "images/00000003/0.jpg"
+    code, out, err = run(capsys, face, face, "--model", bare, "--json")
+    assert code == 2 and json.loads(out)["match"] is None and "pass --threshold" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "give exactly one of"),
+    (["a.jpg"], "two images are needed"),
+    (["a.jpg", "b.jpg", "--pairs", "x"], "give exactly one of"),
+    (["--lfw", "x"], "--lfw DIR and --lfw-pairs FILE go together"),
+    (["a.jpg", "b.jpg", "--out", "s.csv"], "--out writes a submission for --pairs"),
+    (["a.jpg", "b.jpg", "--threshold", "nan"], "finite"),
+    (["--pairs", "x", "--batch-size", "0"], "--batch-size must be >= 1"),
+])
+def test_bad_flag_combinations(capsys, argv, message):
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and message in err
+
+
+# ----------------------------------------------------------------------------- pairs folder
+
+
+def read_submission(path):
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    return rows[0], rows[1:]
+
+
+def test_submission_is_sorted_complete_and_evaluated(capsys, model, pairs_dir, tmp_path):
+    out_csv, report = tmp_path / "sub.csv", tmp_path / "report"
+    code, out, err = run(capsys, "--pairs", pairs_dir, "--out", out_csv, "--report", report, "--model", model,
+                         "--bootstrap", "50")
+    assert code == 0, err
+    header, rows = read_submission(out_csv)
+    ids = sorted(p.name for p in (pairs_dir / "images").iterdir())
+    assert header == ["pair_id", "similarity"]
+    assert [r[0] for r in rows] == ids  # every pair once, in pair-id order
+    assert all(-1.0 <= float(r[1]) <= 1.0 for r in rows)
+    assert "pairs/s" in out and "images/s" in out and "EER" in out
+    assert sorted(p.name for p in report.iterdir()) == ["det.png", "metrics.json", "metrics.md", "roc.png",
+                                                         "scores.png"]
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert metrics["n_pairs"] == 12 and metrics["counts"]["genuine"] == 6
+    assert metrics["run"]["pairs"] == 12 and metrics["run"]["images_per_s"] > 0
+
+
+def test_pairs_json_summary_and_labels_flag(capsys, model, tmp_path):
+    folder = make_pairs(tmp_path / "p", 6, labels=False)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("pair_id,label\n" + "".join(f"{p.name},{k % 2}\n" for k, p in
+                                                  enumerate(sorted((folder / "images").iterdir()))))
+    code, out, _ = run(capsys, "--pairs", folder, "--labels", labels, "--model", model, "--json", "--bootstrap", "0")
+    summary = json.loads(out)
+    assert code == 0 and summary["pairs"] == 6 and summary["pairs_scored"] == 6
+    assert summary["metrics"]["n_pairs"] == 6 and "eer" in summary["metrics"]
+
+
+def test_unlabelled_pairs_without_out_still_score(capsys, model, tmp_path):
+    # No labels and no --out: nothing to write, but scoring still reports throughput.
+    folder = make_pairs(tmp_path / "p", 2, labels=False)
+    code, out, _ = run(capsys, "--pairs", folder, "--model", model)
+    assert code == 0 and "2 pairs (2 scored)" in out
+
+
+def test_corrupt_image_is_reported_and_the_rest_scored(capsys, model, tmp_path):
+    folder = make_pairs(tmp_path / "p", 6)
+    ids = sorted(p.name for p in (folder / "images").iterdir())
+    bad = folder / "images" / ids[2] / "1.jpg"
+    bad.write_bytes(b"garbage, not a jpeg")
+    out_csv = tmp_path / "sub.csv"
+    code, out, err = run(capsys, "--pairs", folder, "--out", out_csv, "--model", model, "--bootstrap", "0")
+    assert code == 0
+    assert f"skipped image {bad}: not a decodable image" in err
+    assert "1 of 6 pairs have an unusable image" in err
+    _, rows = read_submission(out_csv)
+    assert [r[0] for r in rows] == ids  # still complete
+    scores = {r[0]: float(r[1]) for r in rows}
+    assert scores[ids[2]] == -1.0 and all(scores[i] > -1.0 for i in ids if i != ids[2])
+    assert "| pairs scored | 5 |" in out  # left out of the evaluation
+
+    out_csv.unlink()
+    code, _, err = run(capsys, "--pairs", folder, "--out", out_csv, "--model", model, "--strict")
+    assert code == 2 and f"error: {bad}: not a decodable image" in err
+    assert not out_csv.exists()
+
+
+def test_folder_without_pairs_is_refused(capsys, model, tmp_path):
+    (tmp_path / "empty" / "images").mkdir(parents=True)
+    code, _, err = run(capsys, "--pairs", tmp_path / "empty", "--out", tmp_path / "s.csv", "--model", model)
+    assert code == 2 and "no pairs found" in err
+    code, _, err = run(capsys, "--pairs", tmp_path / "nothing_here", "--out", tmp_path / "s.csv", "--model", model)
+    assert code == 2 and "no such folder" in err
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_failed_write_leaves_no_file_under_the_final_name(capsys, model, pairs_dir, tmp_path, monkeypatch):
+    out_csv = tmp_path / "sub.csv"
+
+    def crash(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", crash)
+    code, _, err = run(capsys, "--pairs", pairs_dir, "--out", out_csv, "--model", model, "--bootstrap", "0")
+    assert code == 2 and "No space left on device" in err
+    assert list(tmp_path.iterdir()) == []  # neither the final file nor a temporary one
+
+
+KILLED_RUN = """
+import os, sys, time
+real_replace = os.replace
+def slow_replace(src, dst):
+    if str(dst).endswith("sub.csv"):
+        print("REPLACING", flush=True)  # the temporary file is written; the rename is next
+        time.sleep(60)
+    return real_replace(src, dst)
+os.replace = slow_replace
+from engine.verify import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _killed_run(args, marker: str, cwd: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=cwd, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        for line in proc.stdout:
+            if marker in line or time.monotonic() > deadline:
+                break
+        else:
+            pytest.fail(f"the run ended before {marker!r} appeared (exit {proc.wait()})")
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.parametrize("moment", ["once the backend is open", "between writing and renaming"])
+def test_killed_run_never_leaves_a_partial_submission(model, pairs_dir, tmp_path, moment):
+    out_csv = tmp_path / "sub.csv"
+    out_csv.write_text("pair_id,similarity\nprevious,run\n")  # an older result must survive intact
+    marker = "backend " if moment == "once the backend is open" else "REPLACING"
+    _killed_run(["--pairs", pairs_dir, "--out", out_csv, "--model", model, "--no-progress", "--bootstrap", "0"],
+                marker, tmp_path)
+    assert out_csv.read_text() == "pair_id,similarity\nprevious,run\n"
+
+
+# ----------------------------------------------------------------------------- LFW
+
+
+def test_lfw_evaluation_on_a_few_real_pairs(capsys, model, face_data, tmp_path):
+    # 2 folds x (2 same + 2 different) LFW lines, identities taken from the official list.
+    lines = (face_data / "lfw-pairs.txt").read_text().splitlines()[1:]
+    same = [ln for ln in lines if len(ln.split()) == 3][:4]
+    diff = [ln for ln in lines if len(ln.split()) == 4][:4]
+    pairs_txt = tmp_path / "pairs.txt"
+    pairs_txt.write_text("2\t2\n" + "\n".join(same[:2] + diff[:2] + same[2:] + diff[2:]) + "\n")
+    code, out, err = run(capsys, "--lfw", face_data / "lfw-deepfunneled", "--lfw-pairs", pairs_txt, "--model", model,
+                         "--json", "--bootstrap", "0")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["pairs"] == 8 and summary["metrics"]["n_pairs"] == 8
+    acc = summary["metrics"]["lfw_kfold_accuracy"]
+    assert len(acc["per_fold"]) == 2 and 0.0 <= acc["mean"] <= 1.0
+
+
+def test_module_entry_point_runs(model, pairs_dir):
+    a = pairs_dir / "images/00000003/0.jpg"
+    proc = subprocess.run([sys.executable, "-m", "engine.verify", str(a), str(a), "--model", model, "--json",
+                           "--no-progress"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["match"] is True
+    help_text = subprocess.run([sys.executable, "-m", "engine.verify", "--help"], capture_output=True, text=True,
+                               cwd=REPO, timeout=60).stdout
+    for flag in ("--pairs", "--out", "--labels", "--lfw", "--lfw-pairs", "--report", "--json", "--model",
+                 "--backend", "--precision", "--threshold", "--batch-size", "--workers", "--strict", "--cache"):
+        assert flag in help_text
