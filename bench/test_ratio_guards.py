@@ -1,0 +1,117 @@
+"""Ratio guards: speed relations that hold on any machine, measured within one run.
+
+Absolute times on shared 2-core machines swing by 2x; ratios of two things
+timed in alternation (A B A B ..., medians) do not. Each guard catches a
+class of regression that an absolute threshold could not tell from noise:
+
+- batching: embedding 16 images in one call must beat 16 calls of one image
+  (a backend that silently loops per image, or re-plans per call, fails);
+- the default CPU precision must not be slower than FP32 on its own backend
+  (an INT8 file whose Q/DQ the runtime does not fuse runs FP32 kernels plus
+  dequantisation, and is slower: then int8 must not be the default there);
+- the default CPU backend must not be slower than ONNX Runtime FP32, the
+  portable fallback (else the automatic choice is wrong for this machine);
+- the embedder's threads, prefetching and batching must cost no more than
+  decoding and inferring the same files one after the other by hand.
+
+Tolerances are wide (noise on a shared machine is large); a failure means a
+factor, not a few percent. These run in the unit-test command (pytest.ini
+testpaths) without pytest-benchmark's timing machinery, so
+``--benchmark-only`` skips them: run ``python -m pytest bench/test_ratio_guards.py``
+(add ``--junitxml=FILE`` to keep each measured ratio as a test property).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench.conftest import interleaved_medians, open_or_skip, random_batch
+
+ROUNDS = 7
+
+
+def record(record_property, **info) -> None:
+    """Keep the measured ratio in the test report (``--junitxml`` writes it as properties)."""
+    for key, value in info.items():
+        record_property(key, round(value, 3) if isinstance(value, float) else value)
+
+
+@pytest.fixture(scope="module")
+def default_cpu(bench_model):
+    """The runtime's automatic choice on this machine (CPU here: OpenVINO where installed, else ORT)."""
+    with open_or_skip(bench_model, "auto", None, device="cpu", max_batch=32) as be:
+        yield be
+
+
+def test_batched_beats_unbatched(record_property, default_cpu):
+    images = random_batch(16, default_cpu.input_size)
+    singles = [images[i:i + 1] for i in range(len(images))]
+
+    def one_by_one():
+        for x in singles:
+            default_cpu.embed(x)
+
+    t = interleaved_medians({"batched": lambda: default_cpu.embed(images), "unbatched": one_by_one}, ROUNDS)
+    speedup = t["unbatched"] / t["batched"]
+    record(record_property, backend=default_cpu.name, precision=default_cpu.precision, batched_over_unbatched=speedup)
+    assert speedup >= 1.05, (f"{default_cpu.name}:{default_cpu.precision}: one call of 16 images is not faster than "
+                             f"16 calls of 1 (x{speedup:.2f}); per-call work is being repeated per image")
+
+
+def test_default_precision_not_slower_than_fp32(record_property, bench_model, default_cpu):
+    if default_cpu.precision == "fp32":
+        pytest.skip(f"the default CPU precision on {default_cpu.name} is fp32 already")
+    images = random_batch(16, default_cpu.input_size)
+    with open_or_skip(bench_model, default_cpu.name, "fp32", device="cpu", max_batch=32) as fp32:
+        t = interleaved_medians({"default": lambda: default_cpu.embed(images), "fp32": lambda: fp32.embed(images)},
+                                ROUNDS)
+    ratio = t["fp32"] / t["default"]
+    record(record_property, backend=default_cpu.name, precision=default_cpu.precision, default_over_fp32=ratio)
+    assert ratio >= 0.8, (f"{default_cpu.name}: default precision {default_cpu.precision} runs at x{ratio:.2f} of "
+                          f"fp32 on the same backend; the default should be fp32 here")
+
+
+def test_default_backend_not_slower_than_onnxruntime_fp32(record_property, bench_model, default_cpu):
+    if default_cpu.name == "onnxruntime" and default_cpu.precision == "fp32":
+        pytest.skip("the default CPU path is ONNX Runtime FP32 itself")
+    images = random_batch(16, default_cpu.input_size)
+    # Alternate between two processes' worth of runtimes in one process: fine for a ratio this coarse.
+    with open_or_skip(bench_model, "onnxruntime", "fp32", device="cpu", max_batch=32) as ort:
+        t = interleaved_medians({"default": lambda: default_cpu.embed(images), "ort": lambda: ort.embed(images)},
+                                ROUNDS)
+    ratio = t["ort"] / t["default"]
+    record(record_property, backend=default_cpu.name, precision=default_cpu.precision, default_over_ort_fp32=ratio)
+    assert ratio >= 0.8, (f"default CPU path {default_cpu.name}:{default_cpu.precision} runs at x{ratio:.2f} of "
+                          f"ONNX Runtime fp32; the automatic choice is wrong for this machine")
+
+
+def test_embedder_overhead(record_property, bench_model, image_folder):
+    from engine.embedder import Embedder
+    from engine.preprocess import load_image
+
+    backend = open_or_skip(bench_model, "auto", None, device="cpu", max_batch=32)
+    embedder = Embedder(backend, batch_size=32, progress=False)  # owns the backend
+    try:
+        def by_hand():
+            images = np.stack([load_image(p, backend.input_size) for p in image_folder])
+            return backend.embed(images)
+
+        def pipeline():
+            return embedder.embed_paths(image_folder).embeddings
+
+        t = interleaved_medians({"embedder": pipeline, "by_hand": by_hand}, 5, warmup=1)
+        np.testing.assert_allclose(pipeline(), by_hand(), rtol=0, atol=1e-5)
+    finally:
+        embedder.close()
+    ratio = t["embedder"] / t["by_hand"]
+    record(record_property, backend=backend.name, precision=backend.precision, embedder_over_by_hand=ratio)
+    assert ratio <= 1.5, (f"the embedder takes x{ratio:.2f} the time of decoding + one backend call by hand "
+                          f"for {len(image_folder)} files")
+
+
+def test_interleaved_medians_alternates():
+    """The timing helper itself: warm-up calls first, then rounds in alternating order, one median per name."""
+    calls = []
+    t = interleaved_medians({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=4, warmup=1)
+    assert calls == ["a", "b"] + ["a", "b", "b", "a", "a", "b", "b", "a"]
+    assert set(t) == {"a", "b"} and all(v >= 0 for v in t.values())
