@@ -517,15 +517,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="fakes showing each train identity, attacks cycled (default 5, as in Kryptonite)")
     parser.add_argument("--force", action="store_true", help="replace a non-empty --out")
     parser.add_argument("--min-images", type=int, default=2,
-                        help="identities with fewer images are not used (default 2: genuine pairs need two)")
+                        help="identities with fewer images are not used, except excluded-fold ones placed in "
+                             "test (default 2: genuine pairs need two)")
     parser.add_argument("--val-fraction", type=float, default=0.10,
                         help="share of usable identities for val (default 0.10)")
     parser.add_argument("--test-fraction", type=float, default=0.15,
                         help="share of usable identities for test, excluded-fold identities included (default 0.15)")
     parser.add_argument("--val-pairs", type=_counts, default=DEFAULT_VAL_PAIRS, metavar="G,I,FS,FO",
-                        help="val pairs: genuine,impostor,fake-of-same,fake-of-other (default %(default)s)")
+                        help="val pairs: genuine,impostor,fake-of-same,fake-of-other (default 2000,2000,1000,300)")
     parser.add_argument("--test-pairs", type=_counts, default=DEFAULT_TEST_PAIRS, metavar="G,I,FS,FO",
-                        help="test pairs: genuine,impostor,fake-of-same,fake-of-other (default %(default)s)")
+                        help="test pairs: genuine,impostor,fake-of-same,fake-of-other (default 3000,3000,1500,500)")
     parser.add_argument("--exclude-lfw-pairs", metavar="PAIRS_TXT",
                         help="LFW pairs.txt; with --exclude-fold, that fold's identities stay out of train and val")
     parser.add_argument("--exclude-fold", type=int, metavar="K",
