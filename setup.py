@@ -7,7 +7,7 @@ setup(
     description="Deepfake-resistant face verification: ResNet-34 triplet training, "
     "ONNX/TensorRT conversion and a fast runtime",
     python_requires=">=3.10",
-    packages=["training", "convert", "engine", "bench"],
+    packages=["training", "convert", "engine", "engine.backends", "bench"],
     package_data={"engine": ["models/*.onnx", "models/*.json", "models/*.md"]},
     install_requires=[
         # CPU wheel: .ci/run installs torch==2.13.0 first so this range installs nothing more.

@@ -224,7 +224,8 @@ class CudaGraph:
     def __init__(self, stream: Stream, work: Callable[[], None], runtime=None):
         self._rt = runtime or load_runtime()
         rt = self._rt
-        mode = rt.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal
+        # Thread-local, as trtexec captures: other threads (image decoders) may use CUDA meanwhile.
+        mode = rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
         check(rt.cudaStreamBeginCapture(stream._stream, mode), "cudaStreamBeginCapture", rt)
         try:
             work()

@@ -92,8 +92,13 @@ def verify(image_a=None, image_b=None, *, pairs=None, out=None, labels=None, lfw
         _err(f"backend {be.choice.backend} ({be.choice.precision}, {be.device}): {be.choice.reason}; "
              f"model {be.source.path}")
         thr = threshold if threshold is not None else be.config.threshold
-        with Embedder(be, workers=workers, strict=strict, cache_dir=cache, batch_size=batch_size,
-                      progress=progress) as embedder:
+        try:
+            embedder = Embedder(be, workers=workers, strict=strict, cache_dir=cache, batch_size=batch_size,
+                                progress=progress)
+        except BaseException:
+            be.close()
+            raise
+        with embedder:  # owns the backend from here on
             if mode == "images":
                 return _two_images(embedder, image_a, image_b, thr, json_output)
             return _pair_job(embedder, job, mode, out, report, thr, json_output, bootstrap)
