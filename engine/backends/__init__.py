@@ -76,7 +76,7 @@ def _no_default_model(folder: Path) -> ModelNotFound:
     return ModelNotFound(
         f"no model given and no default model bundled in {folder} (needs {CONFIG_FILE} + model.<precision>.onnx). "
         f"Make one with `python -m convert --checkpoint RUN_DIR --out MODEL_DIR` "
-        f"(a RUN_DIR from `python -m training`) and pass --model MODEL_DIR, or copy MODEL_DIR's files into {folder}")
+        f"(a RUN_DIR from `python -m training.train`) and pass --model MODEL_DIR, or copy MODEL_DIR's files into {folder}")
 
 
 def _precision_from_graph(proto) -> str:
