@@ -52,6 +52,7 @@ class TrainConfig:
     output_dir: str = ""             # run directory ("" = runs/<name>)
     data_dir: str = "/work/data/lfw-fakeaware"  # holds train/ (meta.json, images/) and val/ (pairs.csv)
     validate: bool = True            # per-epoch EER on data_dir/val; off = best is the last epoch
+    val_max_pairs: int = 0           # validate on a fixed random subset of this many pairs, types kept (0 = all)
 
     # Model
     arch: str = "resnet34"
@@ -89,7 +90,7 @@ class TrainConfig:
 
     # Execution
     device: str = "auto"             # auto | cpu | cuda
-    precision: str = "auto"          # auto | fp32 | bf16 | fp16 (fp16: CUDA only)
+    precision: str = "auto"          # auto (CUDA: bf16, else fp16; CPU: bf16 with AMX, else fp32) | fp32 | bf16 | fp16
     channels_last: bool = True
     threads: int = 0                 # torch threads per process (0 = all cores / local processes)
     workers: int = 0                 # DataLoader worker processes
@@ -280,6 +281,7 @@ def validate(config: TrainConfig) -> None:
     need(config.grad_clip >= 0.0, f"grad_clip: must be >= 0, got {config.grad_clip}")
     need(config.threads >= 0, f"threads: must be >= 0, got {config.threads}")
     need(config.workers >= 0, f"workers: must be >= 0, got {config.workers}")
+    need(config.val_max_pairs >= 0, f"val_max_pairs: must be >= 0, got {config.val_max_pairs}")
     need(config.val_batch >= 1, f"val_batch: must be >= 1, got {config.val_batch}")
     need(config.checkpoint_every >= 0, f"checkpoint_every: must be >= 0, got {config.checkpoint_every}")
     need(not (config.precision == "fp16" and config.device == "cpu"),

@@ -83,10 +83,17 @@ class ImageCache:
         """Decode everything now (before forking loader workers, so they share it)."""
         if not self.enabled:
             return
+        import os
+        from concurrent.futures import ThreadPoolExecutor
+
         from tqdm import tqdm
 
-        for i in tqdm(np.flatnonzero(~self._filled), desc=desc, disable=not progress, leave=False):
-            self[int(i)]
+        todo = [int(i) for i in np.flatnonzero(~self._filled)]
+        # OpenCV releases the GIL while decoding, so threads use every core.
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            for _ in tqdm(pool.map(self.__getitem__, todo), total=len(todo), desc=desc, disable=not progress,
+                          leave=False):
+                pass
 
 
 class TrainDataset(Dataset):
@@ -136,6 +143,21 @@ def train_loader(dataset: TrainDataset, sampler, workers: int = 0, pin_memory: b
     # (dropout's), or a resumed run would diverge from an uninterrupted one.
     return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
                       pin_memory=pin_memory, persistent_workers=workers > 0, generator=torch.Generator())
+
+
+def subset_pairs(pairs: Sequence[Pair], n: int, seed: int = 0) -> list[Pair]:
+    """A fixed random subset of about ``n`` pairs with each pair type's share kept (0 or n >= len: all)."""
+    if n <= 0 or n >= len(pairs):
+        return list(pairs)
+    rng = np.random.default_rng(seed)
+    by_type: dict[str, list[int]] = {}
+    for i, p in enumerate(pairs):
+        by_type.setdefault(p.type, []).append(i)
+    keep: list[int] = []
+    for members in by_type.values():
+        take = max(1, round(n * len(members) / len(pairs)))
+        keep += rng.choice(members, min(take, len(members)), replace=False).tolist()
+    return [pairs[i] for i in sorted(keep)]
 
 
 class PairSet:

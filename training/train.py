@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import datetime
 import io
 import json
 import math
@@ -69,10 +70,11 @@ class Runtime:
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
 
-def cpu_supports_bf16() -> bool:
-    """bf16 autocast is only worth it with native bf16 units (AVX512-BF16 or AMX)."""
+def cpu_has_amx() -> bool:
+    """bf16 autocast pays on CPUs with AMX tiles. With AVX512-BF16 alone (e.g. AMD EPYC)
+    a ResNet-34 train step measured no faster than fp32, so ``auto`` keeps fp32 there."""
     try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return bool(torch.backends.mkldnn.is_available() and torch.cpu._is_amx_tile_supported())
     except (AttributeError, RuntimeError):
         return False
 
@@ -93,7 +95,7 @@ def resolve_runtime(config: TrainConfig) -> Runtime:
         if device.type == "cuda":
             precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         else:
-            precision = "bf16" if cpu_supports_bf16() else "fp32"
+            precision = "bf16" if cpu_has_amx() else "fp32"
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     threads = config.threads or max(1, (os.cpu_count() or 1) // max(1, local_world))
     torch.set_num_threads(threads)
@@ -101,7 +103,9 @@ def resolve_runtime(config: TrainConfig) -> Runtime:
         torch.cuda.set_device(device)
     rt = Runtime(rank, world, local_rank, device, dtype, world > 1)
     if rt.distributed and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # Generous timeout: the other ranks wait at a barrier while rank 0 validates.
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                             timeout=datetime.timedelta(hours=2))
     return rt
 
 
@@ -211,14 +215,17 @@ def load_init(model: FaceEmbedder, path: str) -> dict:
 # ----------------------------------------------------------------------------- validation
 
 @torch.no_grad()
-def validate_pairs(model: FaceEmbedder, pairset, rt: Runtime, batch_size: int) -> dict:
+def validate_pairs(model: FaceEmbedder, pairset, rt: Runtime, batch_size: int, progress: bool = False) -> dict:
     """Embed each distinct val image once (eval mode), score pairs by cosine, run the shared metrics."""
+    from tqdm import tqdm
+
     from engine.metrics import evaluate
 
     was_training = model.training
     model.eval()
     chunks = []
-    for images in pairset.batches(batch_size):
+    for images in tqdm(pairset.batches(batch_size), total=math.ceil(len(pairset.images) / batch_size),
+                       desc="validate", disable=not progress, leave=False, file=sys.stderr):
         with rt.autocast():
             chunks.append(model(images.to(rt.device)).float().cpu())
     model.train(was_training)
@@ -279,7 +286,7 @@ def train(config: TrainConfig, resume: bool = False, stop_after_steps: int = 0, 
     leaving a resumable ``last.pt`` (for pre-emptible jobs, and to test resume).
     """
     from engine.datasets import read_kryptonite_train, read_pair_folder
-    from training.data import PairSet, TrainDataset, sample_key, train_loader
+    from training.data import PairSet, TrainDataset, sample_key, subset_pairs, train_loader
     from training.distill import load_teacher, relational_loss
     from training.sampler import PKSampler
 
@@ -310,7 +317,8 @@ def train(config: TrainConfig, resume: bool = False, stop_after_steps: int = 0, 
     loader = train_loader(dataset, sampler, config.workers, pin_memory=rt.device.type == "cuda")
     pairset = None
     if config.validate and rt.main:
-        pairset = PairSet(read_pair_folder(Path(config.data_dir) / "val"), config.input_size, config.cache_images)
+        pairs = subset_pairs(read_pair_folder(Path(config.data_dir) / "val"), config.val_max_pairs, config.seed)
+        pairset = PairSet(pairs, config.input_size, config.cache_images)
 
     # Model (same init on every rank; DDP also broadcasts rank 0's weights)
     embedder = get_model(config.model_config(), dropout=config.dropout)
@@ -331,6 +339,13 @@ def train(config: TrainConfig, resume: bool = False, stop_after_steps: int = 0, 
     steps_per_epoch = sampler.steps_per_epoch
     total_steps = steps_per_epoch * config.epochs
     warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
+    if rt.main:
+        precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[rt.dtype]
+        print(f"{config.name}: {len(samples)} train images ({int(dataset.labels.is_fake.sum())} fakes), "
+              f"{len(sampler.identities)} identities; {rt.world_size} process(es) on {rt.device}, {precision}, "
+              f"{torch.get_num_threads()} threads; {steps_per_epoch} steps/epoch of "
+              f"{config.p}x{config.k}x{rt.world_size} images; {len(pairset.pairs) if pairset else 0} val pairs",
+              file=sys.stderr)
 
     progress_state = {"epoch": 1, "step": 0, "global_step": 0, "best_eer": None, "best_epoch": None,
                       "sums": {}}
@@ -379,7 +394,7 @@ def train(config: TrainConfig, resume: bool = False, stop_after_steps: int = 0, 
     if saved is None:
         row = {"epoch": 0, "step": 0}
         if pairset is not None:
-            metrics = validate_pairs(embedder, pairset, rt, config.val_batch)
+            metrics = validate_pairs(embedder, pairset, rt, config.val_batch, progress)
             row.update(metrics)
             progress_state["best_eer"], progress_state["best_epoch"] = metrics["val_eer"], 0
             print(f"epoch 0 (untrained): val EER {metrics['val_eer']:.4f} (real {metrics['val_eer_real']}, "
@@ -393,9 +408,11 @@ def train(config: TrainConfig, resume: bool = False, stop_after_steps: int = 0, 
 
     from tqdm import tqdm
 
-    stopped = False
+    stopped = bool(stop_after_steps) and progress_state["global_step"] >= stop_after_steps
     net.train()
     for epoch in range(progress_state["epoch"], config.epochs + 1):
+        if stopped:
+            break
         sampler.set_epoch(epoch, progress_state["step"])
         sums = progress_state["sums"] or {"loss": 0.0, "triplet": 0.0, "aux": 0.0, "distill": 0.0,
                                           "active": 0.0, "d_ap": 0.0, "d_an": 0.0, "steps": 0, "images": 0,
@@ -465,7 +482,7 @@ def train(config: TrainConfig, resume: bool = False, stop_after_steps: int = 0, 
 
         row = _epoch_row(epoch, progress_state, sums, optimizer, rt)
         if pairset is not None:
-            metrics = validate_pairs(embedder, pairset, rt, config.val_batch)
+            metrics = validate_pairs(embedder, pairset, rt, config.val_batch, progress)
             row.update(metrics)
             best = progress_state["best_eer"]
             if best is None or metrics["val_eer"] < best:

@@ -12,7 +12,7 @@ from engine.datasets import Pair, Sample
 from engine.preprocess import load_image
 from training.augment import augment, colour_jitter, no_augment
 from training.config import AugmentConfig
-from training.data import PairSet, TrainDataset, collate, label_space, sample_key
+from training.data import ImageCache, PairSet, TrainDataset, collate, label_space, sample_key, subset_pairs
 
 
 @pytest.fixture
@@ -135,3 +135,24 @@ def test_validation_pairs_are_never_augmented(samples):
         np.testing.assert_array_equal(images[row].numpy(), load_image(path, 32))
     assert pairset.labels.tolist() == [1, 0] and pairset.attacks == ["", "morph"]
     assert pairset.a.tolist() == [pairset.index[str(samples[0].path)]] * 2
+
+
+def test_val_subset_keeps_type_shares_and_is_fixed():
+    pairs = [Pair(f"{i:08d}", "a.jpg", "b.jpg", int(t == "genuine"), t)
+             for i, t in enumerate(["genuine"] * 40 + ["impostor"] * 40 + ["fake-of-same"] * 20)]
+    sub = subset_pairs(pairs, 10, seed=0)
+    assert [p.type for p in sub].count("genuine") == 4 and [p.type for p in sub].count("fake-of-same") == 2
+    assert sub == subset_pairs(pairs, 10, seed=0) != subset_pairs(pairs, 10, seed=1)
+    assert [p.pair_id for p in sub] == sorted(p.pair_id for p in sub)
+    assert subset_pairs(pairs, 0) == pairs and subset_pairs(pairs, 500) == pairs
+
+
+def test_image_cache_fill_decodes_everything_once(samples):
+    cache = ImageCache([s.path for s in samples], 32)
+    cache.fill()
+    assert cache._filled.all()
+    for i, s in enumerate(samples):
+        np.testing.assert_array_equal(cache[i], load_image(s.path, 32))
+    off = ImageCache([samples[0].path], 32, enabled=False)
+    off.fill()
+    np.testing.assert_array_equal(off[0], load_image(samples[0].path, 32))

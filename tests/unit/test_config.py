@@ -60,6 +60,7 @@ def test_bool_overrides_parse_strictly(text, value):
     (["augment.blurr_p=0.1"], "unknown config key 'augment.blurr_p' \\(did you mean 'blur_p'"),
     (["augment=3"], "augment: expected a mapping"),
     (["epochs=0"], "epochs: must be >= 1"),
+    (["val_max_pairs=-1"], "val_max_pairs: must be >= 0"),
     (["lr"], "expected key=value"),
 ])
 def test_bad_values_are_rejected_with_the_key(override, match):

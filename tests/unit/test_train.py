@@ -158,7 +158,8 @@ def test_run_directory_guards(dataset, tmp_path):
 
 
 def test_all_options_together(dataset, tmp_path):
-    """Aux ArcFace head, semi-hard mining, SGD, clipping, bf16 autocast, distillation, no validation."""
+    """Aux ArcFace head, semi-hard mining, SGD, clipping, bf16 autocast, distillation, a loader worker,
+    no validation."""
     teacher = tmp_path / "teacher.npz"
     meta = json.loads((dataset / "train" / "meta.json").read_text())
     reals = sorted(k for k, v in meta.items() if v == 0)
@@ -166,7 +167,7 @@ def test_all_options_together(dataset, tmp_path):
     run = tmp_path / "run"
     summary = train(tiny(dataset, run, "epochs=2", "steps_per_epoch=2", "aux_head=arcface", "mining=semi_hard",
                          "optimizer=sgd", "lr=0.05", "grad_clip=1", "precision=bf16", "fake_fake=positive",
-                         f"teacher={teacher}", "distill_weight=1", "validate=false"), progress=False)
+                         f"teacher={teacher}", "distill_weight=1", "validate=false", "workers=1"), progress=False)
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1, 2]
     assert all(r["aux"] > 0 and r["distill"] > 0 for r in rows[1:])
