@@ -1,10 +1,11 @@
 """Fixtures for the benchmark suites and the ratio guards: a small real model folder, generated images.
 
-The model folder is made by the project's own pipeline (``training.checkpoint``
-then :func:`convert.convert_checkpoint`: export, simplify, ModelOpt FP16 and
-INT8 Q/DQ with calibration, accuracy gates), once per session: a random
-ResNet-18 at 64x64 with 128-d embeddings, big enough that compute (not call
-overhead) dominates a batch, small enough to build in seconds. Set
+The model folder is made by the project's own pipeline (:mod:`bench.random_model`:
+``training.checkpoint`` then :func:`convert.convert_checkpoint`: export,
+simplify, ModelOpt FP16 and INT8 Q/DQ with calibration, accuracy gates), once
+per session: a random ResNet-18 at 64x64 with 128-d embeddings, big enough
+that compute (not call overhead) dominates a batch, small enough to build in
+seconds. Set
 ``BENCH_MODEL=/path/to/model_folder`` to measure a real model instead.
 """
 from __future__ import annotations
@@ -20,55 +21,11 @@ SMALL_MODEL = dict(arch="resnet18", input_size=64, embedding_dim=128)
 CALIB_IMAGES = 32
 
 
-def generated_image(seed: int, size: int = 128) -> np.ndarray:
-    """A deterministic smooth RGB image (blurred noise + a bright ellipse): decodes and resizes like a photo."""
-    import cv2
+def build_model_folder(root: Path) -> Path:
+    """The small random model through the convert pipeline (see :mod:`bench.random_model`)."""
+    from bench.random_model import make_random_model
 
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (size // 8, size // 8, 3), dtype=np.uint8)
-    img = cv2.resize(small, (size, size), interpolation=cv2.INTER_CUBIC)
-    cv2.ellipse(img, (size // 2, size // 2), (size // 4, size // 3), 0, 0, 360,
-                tuple(int(v) for v in rng.integers(120, 255, 3)), -1)
-    return img
-
-
-def write_images(folder: Path, count: int, size: int = 128, seed: int = 0) -> list[Path]:
-    """``count`` JPEGs of generated images under ``folder``."""
-    import cv2
-
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(count):
-        path = folder / f"{i:04d}.jpg"
-        ok, buf = cv2.imencode(".jpg", generated_image(seed + i, size)[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 92])
-        assert ok
-        path.write_bytes(buf.tobytes())
-        paths.append(path)
-    return paths
-
-
-def build_model_folder(root: Path, precisions: str = "fp32,fp16,int8") -> Path:
-    """Random small model -> run folder -> ``python -m convert``'s model folder (+ weights for torch)."""
-    import shutil
-
-    import torch
-
-    from convert import convert_checkpoint
-    from convert.calibration import CalibrationImage, write_manifest
-    from engine.contract import ModelConfig
-    from training.checkpoint import save_model
-    from training.model import get_model
-
-    torch.manual_seed(0)
-    config = ModelConfig(**SMALL_MODEL)
-    save_model(get_model(config).eval(), root / "run", config)
-    paths = write_images(root / "calib", CALIB_IMAGES)
-    write_manifest([CalibrationImage(p.name, str(i), False) for i, p in enumerate(paths)], root / "calib.csv")
-    out = root / "model"
-    convert_checkpoint(root / "run", out, precision=precisions, calib_manifest=root / "calib.csv",
-                       calib_root=root / "calib", gate_images=CALIB_IMAGES, quiet=True)
-    shutil.copy(root / "run" / "model.safetensors", out / "model.safetensors")  # for the torch backend
-    return out
+    return make_random_model(root / "model", **SMALL_MODEL, calib_images=CALIB_IMAGES)
 
 
 @pytest.fixture(scope="session")
@@ -85,6 +42,8 @@ def bench_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def image_folder(tmp_path_factory) -> list[Path]:
     """64 generated 128x128 JPEGs (decode + centre crop + resize, like real face crops)."""
+    from bench.random_model import write_images
+
     return write_images(tmp_path_factory.mktemp("bench-images"), 64)
 
 
@@ -129,3 +88,22 @@ def interleaved_medians(fns: dict, rounds: int, warmup: int = 2) -> dict[str, fl
             fn()
             times[name].append(time.perf_counter() - t0)
     return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """Add the machine class (CPU model, ISA flags, cores) that picks the saved baseline folder."""
+    from bench.machine import describe_machine, load_average, machine_name
+
+    desc = describe_machine()
+    machine_info["machine_class"] = machine_name(desc)
+    machine_info["machine_description"] = desc
+    machine_info["loadavg"] = load_average()
+
+
+def pytest_benchmark_compare_machine_info(config, benchmarksession, machine_info, compared_benchmark):
+    """Warn when a run is compared with a baseline saved on another machine class."""
+    saved = compared_benchmark.get("machine_info", {}).get("machine_class")
+    if saved and saved != machine_info.get("machine_class"):
+        benchmarksession.logger.warning(
+            f"comparing against a baseline from machine class {saved}, this is {machine_info.get('machine_class')}: "
+            f"use --benchmark-storage=bench/baselines/{machine_info.get('machine_class')}")

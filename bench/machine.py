@@ -248,3 +248,22 @@ def measure_matmul_peak(precision: str, seconds: float = 2.0, size: int = 2048) 
     return Peak(ops_per_s=2 * size**3 / best, precision=precision, unit_class="measured",
                 source=f"measured: best torch {'_int_mm' if precision == 'int8' else 'mm'} {size}^3 "
                        f"over {seconds:g} s on {torch.get_num_threads()} threads")
+
+
+def main(argv=None) -> int:
+    """``python -m bench.machine [--json]``: this machine's class name (the baseline folder), or its description."""
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(prog="python -m bench.machine",
+                                description="Print this machine's class name (used for bench/results and "
+                                            "bench/baselines folder names), or with --json its full description.")
+    p.add_argument("--json", action="store_true", help="print the whole description as JSON")
+    args = p.parse_args(argv)
+    desc = describe_machine()
+    print(json.dumps(desc, indent=2) if args.json else machine_name(desc))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.conftest import write_images
+from bench.random_model import write_images
 from engine.preprocess import decode, load_image, preprocess
 
 ROUNDS, WARMUP, ITER = 20, 3, 10
