@@ -553,12 +553,27 @@ def _resumed_config(config: TrainConfig, saved: dict, run_dir: Path) -> TrainCon
 
 # ----------------------------------------------------------------------------- CLI
 
+def _keys_help() -> str:
+    import textwrap
+
+    def items(obj, prefix=""):
+        for key, value in obj.__dict__.items():
+            if hasattr(value, "__dataclass_fields__"):
+                yield from items(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}={value!r}" if isinstance(value, str) else f"{prefix}{key}={value}"
+
+    return "\n" + textwrap.fill(" ".join(items(TrainConfig())), 100, initial_indent="  ", subsequent_indent="  ")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m training.train",
         description="Train a fake-aware face embedder. Config = defaults <- --config YAML <- key=value overrides "
                     "(nested keys with dots, e.g. augment.jpeg_p=0.5). Writes into output_dir (default "
-                    "runs/<config name>).")
+                    "runs/<config name>).",
+        epilog="config keys (defaults; meanings in training/config.py): " + _keys_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML config file (keys of training.config.TrainConfig)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, applied last")
     parser.add_argument("--resume", action="store_true",
