@@ -397,8 +397,7 @@ def train(config: TrainConfig, resume: bool = False, stop_after_steps: int = 0, 
             metrics = validate_pairs(embedder, pairset, rt, config.val_batch, progress)
             row.update(metrics)
             progress_state["best_eer"], progress_state["best_epoch"] = metrics["val_eer"], 0
-            print(f"epoch 0 (untrained): val EER {metrics['val_eer']:.4f} (real {metrics['val_eer_real']}, "
-                  f"fake {metrics['val_eer_fake']})", file=sys.stderr)
+            print(f"epoch 0 (untrained): {_eer_text(metrics)}", file=sys.stderr)
         if rt.main:
             rows.append({k: _round(v) for k, v in row.items()})
             write_logs(run_dir, rows)
@@ -533,9 +532,16 @@ def _epoch_row(epoch: int, state: dict, sums: dict, optimizer, rt: Runtime) -> d
 def _summary_line(row: dict) -> str:
     parts = [f"epoch {row['epoch']}", f"loss {row['loss']:.4f}", f"{row['img_s']:.1f} img/s"]
     if row.get("val_eer") is not None:
-        parts.append(f"val EER {row['val_eer']:.4f} (real {row.get('val_eer_real')}, fake {row.get('val_eer_fake')})")
+        parts.append(_eer_text(row))
     parts.append(f"best epoch {row.get('best_epoch')}")
     return ", ".join(parts)
+
+
+def _eer_text(metrics: dict) -> str:
+    def f(value):
+        return "n/a" if value is None else f"{value:.4f}"
+    return (f"val EER {f(metrics.get('val_eer'))} (real {f(metrics.get('val_eer_real'))}, "
+            f"fake {f(metrics.get('val_eer_fake'))})")
 
 
 def _resumed_config(config: TrainConfig, saved: dict, run_dir: Path) -> TrainConfig:
