@@ -142,7 +142,7 @@ class EmbeddingCache:
 def model_fingerprint(backend: Backend) -> dict:
     """What makes embeddings reusable: backend, precision, contract and the model file's identity."""
     key = {"backend": backend.name, "precision": backend.precision, "input_size": backend.input_size,
-           "embedding_dim": backend.embedding_dim, "model": None}
+           "crop_fraction": backend.crop_fraction, "embedding_dim": backend.embedding_dim, "model": None}
     path = backend.model_path
     if path is not None:
         target = path / "model.safetensors" if path.is_dir() else path
@@ -178,7 +178,7 @@ class Embedder:
     def _load_into(self, buf: np.ndarray, row: int, path: Path) -> str | None:
         """Decode + preprocess one file into ``buf[row]``; the failure reason, or None."""
         try:
-            buf[row] = load_image(path, self.backend.input_size)
+            buf[row] = load_image(path, self.backend.input_size, self.backend.crop_fraction)
             return None
         except ImageError as exc:
             text = str(exc)

@@ -37,6 +37,13 @@ class Backend(abc.ABC):
         self.model_path = Path(model_path) if model_path is not None else None
         self.device = device
         self.closed = False
+        # The model's contract (threshold, crop); set by engine.backends.open_backend.
+        self.config = None
+
+    @property
+    def crop_fraction(self) -> float:
+        """Centre-crop share the host-side preprocessing must apply for this model."""
+        return self.config.crop_fraction if self.config is not None else 1.0
 
     @abc.abstractmethod
     def _infer(self, batch: np.ndarray) -> np.ndarray:

@@ -42,9 +42,9 @@ def test_order_is_kept_with_many_workers_and_scrambled_decode_times(faces, refer
     real = embedder_module.load_image
     rng = random.Random(0)
 
-    def slow_random(path, size):  # later images often finish first
+    def slow_random(path, size, crop_fraction=1.0):  # later images often finish first
         time.sleep(rng.uniform(0, 0.01))
-        return real(path, size)
+        return real(path, size, crop_fraction)
 
     monkeypatch.setattr(embedder_module, "load_image", slow_random)
     with Embedder(backend(), workers=4, batch_size=4, prefetch=2, progress=False) as emb:
