@@ -4,7 +4,7 @@ Each backend x precision runs in a process of its own (:mod:`bench.worker`),
 in alternated rounds (the order rotates each round, so slow drifts of a shared
 machine hit every backend alike); the report takes medians. Output: one JSON
 per backend x precision, ``<out>/<backend>-<precision>-<machine>.json``, and a
-combined Markdown table ``<out>/report-<machine>.md`` (also printed).
+combined Markdown table ``<out>/<name>-<machine>.md`` (also printed).
 
 Example::
 
@@ -151,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=str(REPO / "bench" / "results"),
                    help="folder for <backend>-<precision>-<machine>.json and report-<machine>.md "
                         "(default: bench/results)")
+    p.add_argument("--name", default="report",
+                   help="stem of the combined Markdown file, <out>/<name>-<machine>.md (default: report)")
     p.add_argument("--timeout", type=float, default=900, help="seconds one worker process may take (default: 900)")
     return p
 
@@ -252,9 +254,11 @@ def peak_for(spec: Spec, machine: dict, how: str, on_gpu: bool, cache: dict) -> 
 def run(model=None, backends: str = DEFAULT_BACKENDS, baseline: str | None = None, batch_sizes: str = "1,8,32",
         warmup: int = 3, iterations: int | None = None, duration: float | None = None, rounds: int = 3,
         threads: int | None = None, device: str | None = None, cuda_graphs: str = "both", peak: str = "table",
-        no_kernels: bool = False, out: str | os.PathLike = REPO / "bench" / "results", timeout: float = 900,
-        command: str | None = None, progress: bool = True) -> dict:
-    """Measure, write ``<out>/<backend>-<precision>-<machine>.json`` + ``report-<machine>.md``; return the report."""
+        no_kernels: bool = False, out: str | os.PathLike = REPO / "bench" / "results", name: str = "report",
+        timeout: float = 900, command: str | None = None, progress: bool = True) -> dict:
+    """Measure, write ``<out>/<backend>-<precision>-<machine>.json`` + ``<name>-<machine>.md``; return the report."""
+    if not name or not all(c.isalnum() or c in "-_." for c in name):
+        raise UsageError(f"--name: {name!r} is not a plain file-name stem (letters, digits, - _ .)")
     args = argparse.Namespace(model=model, backends=backends, baseline=baseline, batch_sizes=batch_sizes,
                               warmup=warmup, iterations=iterations, duration=duration, rounds=rounds,
                               threads=threads, timeout=timeout, cuda_graphs=cuda_graphs)
@@ -334,11 +338,11 @@ def run(model=None, backends: str = DEFAULT_BACKENDS, baseline: str | None = Non
                      or "none known for this machine",
         "results": results,
     }
-    write_report(report, Path(out), specs)
+    write_report(report, Path(out), specs, name)
     return report
 
 
-def write_report(report: dict, out: Path, specs: list[Spec]) -> list[Path]:
+def write_report(report: dict, out: Path, specs: list[Spec], name: str = "report") -> list[Path]:
     """One JSON per spec plus the combined Markdown, each via a temporary name and a rename."""
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -347,7 +351,7 @@ def write_report(report: dict, out: Path, specs: list[Spec]) -> list[Path]:
         path = out / f"{s.file_stem(report['machine_name'])}.json"
         _write_atomic(path, json.dumps({**common, "result": report["results"][s.label]}, indent=2) + "\n")
         written.append(path)
-    md = out / f"report-{report['machine_name']}.md"
+    md = out / f"{name}-{report['machine_name']}.md"
     _write_atomic(md, rep.markdown_report(report))
     written.append(md)
     return written
@@ -368,7 +372,7 @@ def main(argv=None) -> int:
                      batch_sizes=args.batch_sizes, warmup=args.warmup, iterations=args.iterations,
                      duration=args.duration, rounds=args.rounds, threads=args.threads, device=args.device,
                      cuda_graphs=args.cuda_graphs, peak=args.peak, no_kernels=args.no_kernels, out=args.out,
-                     timeout=args.timeout, command=command)
+                     name=args.name, timeout=args.timeout, command=command)
     except UsageError as exc:
         print(f"python -m bench: error: {exc}", file=sys.stderr)
         return 2

@@ -106,8 +106,9 @@ def kernels_section(results: dict[str, dict]) -> str:
             continue
         if "top_ops" in k:
             text = f"ATen dispatch {k.get('cpu_capability')}; top ops: " + ", ".join(k["top_ops"])
-        else:
-            text = ", ".join(f"{name} x{n}" for name, n in list(k.items())[:8])
+        else:  # OpenVINO's "unknown_*" are inputs, constants and reshapes: nothing executes there
+            shown = [(name, n) for name, n in k.items() if not str(name).startswith("unknown")]
+            text = ", ".join(f"{name} x{n}" for name, n in shown[:8])
         lines.append(f"- **{label}**: {text}")
     return "\n".join(lines)
 
