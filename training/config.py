@@ -77,6 +77,7 @@ class TrainConfig:
     aux_margin: float = 0.35
     teacher: str = ""                # .npz of teacher embeddings for real training images
     distill_weight: float = 0.0      # relational distillation weight (0 = off)
+    teacher_center: bool = True      # subtract the teacher's mean embedding before comparing similarities
 
     # Optimisation
     optimizer: str = "adamw"         # adamw | sgd

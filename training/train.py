@@ -309,7 +309,7 @@ def train(config: TrainConfig, resume: bool = False, stop_after_steps: int = 0, 
     teacher_emb = teacher_index = None
     if config.teacher and config.distill_weight > 0:
         keys = [sample_key(s, train_root / "images") for s in samples]
-        emb, teacher_index = load_teacher(config.teacher, keys)
+        emb, teacher_index = load_teacher(config.teacher, keys, center=config.teacher_center)
         teacher_emb = torch.from_numpy(emb).to(rt.device)
     dataset = TrainDataset(samples, config.input_size, config.augment, config.cache_images, teacher_index)
     sampler = PKSampler(dataset.labels.identity, dataset.labels.is_fake, config.p, config.k, config.fake_share,

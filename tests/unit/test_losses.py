@@ -203,9 +203,25 @@ def test_relational_loss_value():
 def test_teacher_file_round_trip(tmp_path):
     path = tmp_path / "teacher.npz"
     save_teacher(path, ["00001/0.jpg", "00002/0.jpg"], np.array([[3.0, 4.0], [0.0, 2.0]]))
-    emb, index = load_teacher(path, ["00002/0.jpg", "00003/1.jpg", "00001/0.jpg"])
+    emb, index = load_teacher(path, ["00002/0.jpg", "00003/1.jpg", "00001/0.jpg"], center=False)
     assert index.tolist() == [1, -1, 0]
     np.testing.assert_allclose(emb, [[0.6, 0.8], [0.0, 1.0]], rtol=0, atol=1e-7)
+    # centred: mean (1.5, 3) removed -> (1.5, 1) and (-1.5, -1), then normalised
+    centred, _ = load_teacher(path, ["00001/0.jpg"])
+    np.testing.assert_allclose(centred, [[0.83205, 0.5547], [-0.83205, -0.5547]], rtol=0, atol=1e-5)
+
+
+def test_centring_turns_a_narrow_cone_into_usable_relations(tmp_path):
+    # Teacher embeddings all near one direction (like dlib's): raw cosines are all high.
+    rng = np.random.default_rng(0)
+    emb = np.array([10.0, 0, 0, 0]) + rng.normal(size=(50, 4))
+    save_teacher(tmp_path / "t.npz", [f"{i:05d}/0.jpg" for i in range(50)], emb)
+    keys = [f"{i:05d}/0.jpg" for i in range(50)]
+    raw, _ = load_teacher(tmp_path / "t.npz", keys, center=False)
+    centred, _ = load_teacher(tmp_path / "t.npz", keys)
+    off = ~np.eye(50, dtype=bool)
+    assert (raw @ raw.T)[off].mean() > 0.9
+    assert abs((centred @ centred.T)[off].mean()) < 0.1
 
 
 @pytest.mark.parametrize("case,match", [
