@@ -150,7 +150,8 @@ def check_gates(variants: dict[str, dict], reference: dict, tolerance: float = D
     ``variants[precision]`` holds ``embedding`` (from :func:`compare_embeddings`)
     and, when validation pairs were given, ``verification`` (from
     :func:`verification_metrics`); ``reference`` is the PyTorch model's
-    ``verification`` (or ``{}``). Pure: no I/O, so it is unit-tested directly.
+    ``verification`` (or ``{}``). Records ``eer_drift`` in each variant that
+    has an EER. No I/O, so it is unit-tested directly.
     """
     if tolerance < 0:
         raise ValueError(f"tolerance must be >= 0, got {tolerance}")
