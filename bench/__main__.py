@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peak", choices=("table", "matmul"), default="table",
                    help="CPU peak from the documented table in bench/machine.py or a measured matrix product "
                         "(default: table)")
+    p.add_argument("--cpu-ghz", type=float, default=None,
+                   help="clock for the table peak instead of the nominal one /proc/cpuinfo reports "
+                        "(e.g. the all-core boost clock; table peaks at the nominal clock can be exceeded)")
     p.add_argument("--no-kernels", action="store_true", help="skip listing the kernels each backend runs")
     p.add_argument("--out", default=str(REPO / "bench" / "results"),
                    help="folder for <backend>-<precision>-<machine>.json and report-<machine>.md "
@@ -235,11 +238,12 @@ def run_worker(spec: dict, timeout: float) -> dict:
             raise RuntimeError(f"{spec['backend']}:{spec['precision']}: worker took more than {timeout:g} s") from None
         if proc.returncode != 0 or not out_path.is_file():
             tail = "\n".join(proc.stderr.strip().splitlines()[-8:])
-            raise RuntimeError(f"{spec['backend']}:{spec['precision']}: worker failed (exit {proc.returncode}):\n{tail}")
+            raise RuntimeError(f"{spec['backend']}:{spec['precision']}: worker failed "
+                               f"(exit {proc.returncode}):\n{tail}")
         return json.loads(out_path.read_text())
 
 
-def peak_for(spec: Spec, machine: dict, how: str, on_gpu: bool, cache: dict) -> dict | None:
+def peak_for(spec: Spec, machine: dict, how: str, on_gpu: bool, cache: dict, ghz: float | None = None) -> dict | None:
     precision = compute_precision(spec.backend, spec.precision)
     if on_gpu:
         return gpu_peak(machine["gpu"]["name"], precision) if machine.get("gpu") else None
@@ -247,18 +251,20 @@ def peak_for(spec: Spec, machine: dict, how: str, on_gpu: bool, cache: dict) -> 
         if precision not in cache:
             cache[precision] = measure_matmul_peak(precision).to_dict()
         return cache[precision]
-    peak = table_peak(machine, precision)
+    peak = table_peak(machine, precision, ghz)
     return peak.to_dict() if peak else None
 
 
 def run(model=None, backends: str = DEFAULT_BACKENDS, baseline: str | None = None, batch_sizes: str = "1,8,32",
         warmup: int = 3, iterations: int | None = None, duration: float | None = None, rounds: int = 3,
         threads: int | None = None, device: str | None = None, cuda_graphs: str = "both", peak: str = "table",
-        no_kernels: bool = False, out: str | os.PathLike = REPO / "bench" / "results", name: str = "report",
-        timeout: float = 900, command: str | None = None, progress: bool = True) -> dict:
+        cpu_ghz: float | None = None, no_kernels: bool = False, out: str | os.PathLike = REPO / "bench" / "results",
+        name: str = "report", timeout: float = 900, command: str | None = None, progress: bool = True) -> dict:
     """Measure, write ``<out>/<backend>-<precision>-<machine>.json`` + ``<name>-<machine>.md``; return the report."""
     if not name or not all(c.isalnum() or c in "-_." for c in name):
         raise UsageError(f"--name: {name!r} is not a plain file-name stem (letters, digits, - _ .)")
+    if cpu_ghz is not None and not cpu_ghz > 0:
+        raise UsageError(f"--cpu-ghz must be > 0, got {cpu_ghz}")
     args = argparse.Namespace(model=model, backends=backends, baseline=baseline, batch_sizes=batch_sizes,
                               warmup=warmup, iterations=iterations, duration=duration, rounds=rounds,
                               threads=threads, timeout=timeout, cuda_graphs=cuda_graphs)
@@ -302,7 +308,7 @@ def run(model=None, backends: str = DEFAULT_BACKENDS, baseline: str | None = Non
     for s in specs:
         first = raw[s][0]
         on_gpu = str(first["backend"].get("device", "cpu")).startswith("cuda")
-        pk = peak_for(s, machine, peak, on_gpu, peak_cache)
+        pk = peak_for(s, machine, peak, on_gpu, peak_cache, cpu_ghz)
         batches = []
         for b in sizes:
             entries = [w["batches"][str(b)] for w in raw[s]]
@@ -331,7 +337,8 @@ def run(model=None, backends: str = DEFAULT_BACKENDS, baseline: str | None = Non
         "loadavg_after": load_after,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "settings": {"batch_sizes": sizes, "warmup": warmup, "iterations": iterations, "duration": duration,
-                     "rounds": rounds, "threads": threads, "device": device, "peak": peak},
+                     "rounds": rounds, "threads": threads, "device": device, "peak": peak,
+                     "cpu_ghz": cpu_ghz},
         "baseline": base.label,
         "gflops_per_image": next(iter(flops.values())) / 1e9,
         "peak_note": "; ".join(f"{p}: {v['gops_per_s']:,.0f} G ops/s ({v['source']})" for p, v in peaks.items())
@@ -371,7 +378,8 @@ def main(argv=None) -> int:
         report = run(model=args.model, backends=args.backends, baseline=args.baseline,
                      batch_sizes=args.batch_sizes, warmup=args.warmup, iterations=args.iterations,
                      duration=args.duration, rounds=args.rounds, threads=args.threads, device=args.device,
-                     cuda_graphs=args.cuda_graphs, peak=args.peak, no_kernels=args.no_kernels, out=args.out,
+                     cuda_graphs=args.cuda_graphs, peak=args.peak, cpu_ghz=args.cpu_ghz,
+                     no_kernels=args.no_kernels, out=args.out,
                      name=args.name, timeout=args.timeout, command=command)
     except UsageError as exc:
         print(f"python -m bench: error: {exc}", file=sys.stderr)

@@ -208,16 +208,19 @@ def machine_name(desc: dict) -> str:
 _AMD_FAMILIES = {0x17: "zen2", 0x19: "zen4", 0x1A: "zen5"}  # 0x19 also covers Zen 3; avx512f tells them apart
 
 
-def table_peak(desc: dict, precision: str) -> Peak | None:
-    """Peak ops/s from :data:`PEAK_TABLE` for this machine and precision; None when the CPU is not in it."""
+def table_peak(desc: dict, precision: str, ghz: float | None = None) -> Peak | None:
+    """Peak ops/s from :data:`PEAK_TABLE` for this machine and precision; None when the CPU is not in it.
+
+    ``ghz`` overrides the nominal clock (e.g. the SKU's all-core boost clock).
+    """
     cls = desc.get("unit_class")
-    ghz = desc.get("nominal_ghz")
+    ghz = ghz or desc.get("nominal_ghz")
     if not cls or not ghz or precision not in PEAK_TABLE[cls]:
         return None
     per_cycle = PEAK_TABLE[cls][precision]
     cores = desc.get("cores") or 1
     return Peak(ops_per_s=cores * ghz * 1e9 * per_cycle, precision=precision, unit_class=cls,
-                source=f"table: {cores} cores x {ghz} GHz x {per_cycle} ops/cycle/core ({cls}); {PEAK_SOURCE}")
+                source=f"table: {cores} cores x {ghz:g} GHz x {per_cycle} ops/cycle/core ({cls}); {PEAK_SOURCE}")
 
 
 def measure_matmul_peak(precision: str, seconds: float = 2.0, size: int = 2048) -> Peak:

@@ -123,6 +123,7 @@ def test_describe_and_peak_for_sapphire_rapids():
     assert table_peak(desc, "int8").ops_per_s == pytest.approx(2 * 2.6e9 * 2048)
     assert table_peak(desc, "bf16").ops_per_s == pytest.approx(2 * 2.6e9 * 1024)
     assert table_peak(desc, "fp32").ops_per_s == pytest.approx(2 * 2.6e9 * 64)
+    assert table_peak(desc, "int8", ghz=3.5).ops_per_s == pytest.approx(2 * 3.5e9 * 2048)
     assert machine_name(desc) == "intel-xeon-platinum-8481c-amx-2c"
 
 
@@ -222,8 +223,8 @@ def test_parse_batch_sizes():
 def test_help_explains_every_flag():
     text = build_parser().format_help()
     for flag in ("--model", "--backends", "--baseline", "--batch-sizes", "--warmup", "--iterations", "--duration",
-                 "--rounds", "--threads", "--device", "--cuda-graphs", "--peak", "--no-kernels", "--out", "--name",
-                 "--timeout"):
+                 "--rounds", "--threads", "--device", "--cuda-graphs", "--peak", "--cpu-ghz", "--no-kernels", "--out",
+                 "--name", "--timeout"):
         assert flag in text
 
 
@@ -235,6 +236,7 @@ def test_help_explains_every_flag():
     (["--model", "/nonexistent/model"], "/nonexistent/model"),
     (["--batch-sizes", "1,x"], "--batch-sizes"),
     (["--name", "../x"], "--name"),
+    (["--cpu-ghz", "0"], "--cpu-ghz"),
 ])
 def test_bad_arguments_are_one_line_errors(argv, match, tmp_path, capsys):
     assert main(argv + ["--out", str(tmp_path / "out")]) == 2
