@@ -57,6 +57,7 @@ class TrainConfig:
     # Model
     arch: str = "resnet34"
     input_size: int = 112
+    crop_fraction: float = 1.0       # centre-crop share of each photo (0.5 for LFW 250x250); goes into model.json
     embedding_dim: int = 512
     dropout: float = 0.0
     init: str = ""                   # torchvision-format ResNet state dict (.pth/.pt/.safetensors)
@@ -106,7 +107,8 @@ class TrainConfig:
         return Path(self.output_dir) if self.output_dir else Path("runs") / self.name
 
     def model_config(self) -> ModelConfig:
-        return ModelConfig(arch=self.arch, input_size=self.input_size, embedding_dim=self.embedding_dim)
+        return ModelConfig(arch=self.arch, input_size=self.input_size, crop_fraction=self.crop_fraction,
+                           embedding_dim=self.embedding_dim)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -257,6 +259,7 @@ def validate(config: TrainConfig) -> None:
     need(config.arch in available_models(), f"arch: must be one of {available_models()}, got {config.arch!r}")
     need(config.input_size >= 32 and config.input_size % 16 == 0,
          f"input_size: must be >= 32 and a multiple of 16, got {config.input_size}")
+    need(0.0 < config.crop_fraction <= 1.0, f"crop_fraction: must be in (0, 1], got {config.crop_fraction}")
     need(config.embedding_dim >= 1, f"embedding_dim: must be positive, got {config.embedding_dim}")
     need(0.0 <= config.dropout < 1.0, f"dropout: must be in [0, 1), got {config.dropout}")
     need(config.p >= 2, f"p: need at least 2 identities per batch (negatives), got {config.p}")

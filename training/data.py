@@ -61,9 +61,10 @@ def sample_key(sample: Sample, images_root: str | Path | None = None) -> str:
 class ImageCache:
     """Preprocessed uint8 images by index, decoded on first use and kept in RAM."""
 
-    def __init__(self, paths: Sequence[str | Path], size: int, enabled: bool = True):
+    def __init__(self, paths: Sequence[str | Path], size: int, enabled: bool = True, crop_fraction: float = 1.0):
         self.paths = [Path(p) for p in paths]
         self.size = size
+        self.crop_fraction = crop_fraction
         self.enabled = enabled
         self._images = np.zeros((len(self.paths), size, size, 3), np.uint8) if enabled else None
         self._filled = np.zeros(len(self.paths), bool)
@@ -73,9 +74,9 @@ class ImageCache:
 
     def __getitem__(self, i: int) -> np.ndarray:
         if not self.enabled:
-            return load_image(self.paths[i], self.size)
+            return load_image(self.paths[i], self.size, self.crop_fraction)
         if not self._filled[i]:
-            self._images[i] = load_image(self.paths[i], self.size)
+            self._images[i] = load_image(self.paths[i], self.size, self.crop_fraction)
             self._filled[i] = True
         return self._images[i]
 
@@ -100,10 +101,10 @@ class TrainDataset(Dataset):
     """Items are ``(index, seed)`` from :class:`training.sampler.PKSampler`."""
 
     def __init__(self, samples: Sequence[Sample], input_size: int, augment_config: AugmentConfig | None,
-                 cache: bool = True, teacher_index: np.ndarray | None = None):
+                 cache: bool = True, teacher_index: np.ndarray | None = None, crop_fraction: float = 1.0):
         self.samples = list(samples)
         self.labels = label_space(self.samples)
-        self.images = ImageCache([s.path for s in self.samples], input_size, cache)
+        self.images = ImageCache([s.path for s in self.samples], input_size, cache, crop_fraction)
         self.augment_config = augment_config
         self.teacher_index = (np.full(len(self.samples), -1, np.int64) if teacher_index is None
                               else np.asarray(teacher_index, np.int64))
@@ -163,11 +164,11 @@ def subset_pairs(pairs: Sequence[Pair], n: int, seed: int = 0) -> list[Pair]:
 class PairSet:
     """Validation pairs with each distinct image decoded once (no augmentation)."""
 
-    def __init__(self, pairs: Sequence[Pair], input_size: int, cache: bool = True):
+    def __init__(self, pairs: Sequence[Pair], input_size: int, cache: bool = True, crop_fraction: float = 1.0):
         self.pairs = list(pairs)
         paths = sorted({str(p.path_a) for p in self.pairs} | {str(p.path_b) for p in self.pairs})
         self.index = {p: i for i, p in enumerate(paths)}
-        self.images = ImageCache(paths, input_size, cache)
+        self.images = ImageCache(paths, input_size, cache, crop_fraction)
         self.a = np.array([self.index[str(p.path_a)] for p in self.pairs], np.int64)
         self.b = np.array([self.index[str(p.path_b)] for p in self.pairs], np.int64)
         self.labels = np.array([p.label for p in self.pairs], np.int64)
