@@ -120,8 +120,10 @@ def convert_checkpoint(checkpoint, out, *, precision=DEFAULT_PRECISIONS, engine:
         from convert.calibration import load_calibration_images, read_manifest
 
         rows = read_manifest(calib_manifest)
-        if calib_count:
-            rows = rows[:calib_count]
+        if calib_count and calib_count < len(rows):
+            # Evenly spaced rows: the manifest is sorted by identity, so a prefix would not be stratified.
+            keep = np.unique(np.linspace(0, len(rows) - 1, calib_count).round().astype(int))
+            rows = [rows[i] for i in keep]
         _log(f"reading {len(rows)} calibration images from {calib_root}", quiet)
         calibration = load_calibration_images(rows, calib_root, size, progress=not quiet)
 

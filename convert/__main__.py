@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--calib-root", default=None, help="data root the manifest's paths are relative to")
     g.add_argument("--calib-method", choices=CALIB_METHODS, default="entropy",
                    help="INT8 calibration method offered by ModelOpt (default entropy)")
-    g.add_argument("--calib-count", type=int, default=None, help="use only the first N manifest images")
+    g.add_argument("--calib-count", type=int, default=None, help="use N manifest images, evenly spaced (default: all)")
     g.add_argument("--calib-batch", type=int, default=32, help="images per calibration step (default 32)")
     g.add_argument("--int8-high-precision", choices=HIGH_PRECISION_TYPES, default="fp32",
                    help="type of the layers INT8 leaves unquantized (default fp32: fast on CPU runtimes too; "
