@@ -224,6 +224,19 @@ def check_available(model, specs: list[Spec]) -> tuple[object, dict[Spec, Path |
     return src, files
 
 
+def conversion_gates(model_path: Path) -> dict | None:
+    """Per precision: the accuracy gate verdict and embedding agreement from the model folder's report.json."""
+    report = Path(model_path) / "report.json"
+    if not report.is_file():
+        return None
+    try:
+        variants = json.loads(report.read_text()).get("variants", {})
+    except (OSError, ValueError, AttributeError):
+        return None
+    return {p: {"gate": v.get("gate"), "cos_min": (v.get("embedding") or {}).get("cos_min"),
+                "verification": v.get("verification")} for p, v in variants.items() if isinstance(v, dict)}
+
+
 def run_worker(spec: dict, timeout: float) -> dict:
     """Measure one spec in a fresh ``python -m bench.worker`` process; raise with its stderr on failure."""
     env = dict(os.environ)
@@ -331,6 +344,8 @@ def run(model=None, backends: str = DEFAULT_BACKENDS, baseline: str | None = Non
         "schema": 1,
         "command": command or "python -m bench",
         "model": str(src.path),
+        "model_config": src.config.to_dict() if src.config else None,
+        "model_gates": conversion_gates(src.path),
         "machine": machine,
         "machine_name": mname,
         "loadavg_before": load_before,

@@ -113,6 +113,19 @@ def kernels_section(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def model_line(report: dict) -> str:
+    """The model's architecture and the conversion accuracy gates its files passed."""
+    cfg = report.get("model_config") or {}
+    text = "Model: " + (f"{cfg.get('arch')} at {cfg.get('input_size')}x{cfg.get('input_size')}, "
+                        f"{cfg.get('embedding_dim')}-d embeddings" if cfg else "(no model.json)")
+    gates = report.get("model_gates")
+    if gates:
+        text += "; conversion gates: " + ", ".join(
+            f"{p} {g.get('gate')} (min cosine to PyTorch {g['cos_min']:.4f})" if g.get("cos_min") is not None
+            else f"{p} {g.get('gate')}" for p, g in gates.items())
+    return text + "."
+
+
 def markdown_report(report: dict) -> str:
     """The whole Markdown report: command, machine, load, table, GPU split, kernels."""
     m = report["machine"]
@@ -127,6 +140,8 @@ def markdown_report(report: dict) -> str:
         f"model {m.get('model')}), {m.get('cores')} cores at {m.get('nominal_ghz')} GHz nominal, ISA: {isa}"
         + (f"; GPU: {gpu['name']} ({gpu['memory_gib']} GiB, sm {gpu['compute_capability']})" if gpu else "; no GPU")
         + ".",
+        "",
+        model_line(report),
         "",
         f"Load average before/after: {report.get('loadavg_before')} / {report.get('loadavg_after')}. "
         f"{report['settings']['rounds']} alternated rounds, each backend in its own process; "

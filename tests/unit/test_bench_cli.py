@@ -297,3 +297,11 @@ def test_end_to_end_writes_json_and_markdown(tmp_path, capsys):
     assert all(b["ratio_to_baseline"] == 1.0 for b in fp32["batches"])
     md = (out / f"report-{name}.md").read_text()
     assert "| onnxruntime | int8 | 2 |" in md and md in capsys.readouterr().out
+    assert "Model: resnet18 at 32x32, 16-d embeddings." in md and data["model_config"]["arch"] == "resnet18"
+
+
+def test_model_line_shows_conversion_gates():
+    line = rep.model_line({"model_config": {"arch": "resnet34", "input_size": 112, "embedding_dim": 512},
+                           "model_gates": {"int8": {"gate": "pass", "cos_min": 0.99832}}})
+    assert line == ("Model: resnet34 at 112x112, 512-d embeddings; conversion gates: "
+                    "int8 pass (min cosine to PyTorch 0.9983).")
