@@ -179,8 +179,13 @@ def read_manifest(path: str | os.PathLike) -> list[CalibrationImage]:
 
 
 def load_calibration_images(rows: list[CalibrationImage], root: str | os.PathLike, size: int, *,
-                            limit: int | None = None, progress: bool = True) -> np.ndarray:
-    """Read manifest images through the shared preprocessing: uint8 (N, size, size, 3) RGB."""
+                            crop_fraction: float = 1.0, limit: int | None = None,
+                            progress: bool = True) -> np.ndarray:
+    """Read manifest images through the shared preprocessing: uint8 (N, size, size, 3) RGB.
+
+    ``size`` and ``crop_fraction`` come from the model's ``model.json``, so
+    calibration sees exactly the pixels training and deployment see.
+    """
     from engine.datasets import safe_join
     from engine.preprocess import load_image
 
@@ -197,7 +202,7 @@ def load_calibration_images(rows: list[CalibrationImage], root: str | os.PathLik
 
         it = tqdm(rows, desc="calibration images", unit="img", leave=False)
     for i, r in enumerate(it):
-        out[i] = load_image(safe_join(root, r.path, "calibration manifest"), size)
+        out[i] = load_image(safe_join(root, r.path, "calibration manifest"), size, crop_fraction)
     return out
 
 

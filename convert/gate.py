@@ -100,9 +100,13 @@ class ValidationPairs:
         return (e[self.index_a] * e[self.index_b]).sum(1)
 
 
-def load_validation_pairs(folder: str | os.PathLike, size: int, *, limit: int | None = None,
-                          progress: bool = True) -> ValidationPairs:
-    """Read a labelled pair folder (``images/<pair_id>/{0,1}.jpg`` + ``pairs.csv``)."""
+def load_validation_pairs(folder: str | os.PathLike, size: int, *, crop_fraction: float = 1.0,
+                          limit: int | None = None, progress: bool = True) -> ValidationPairs:
+    """Read a labelled pair folder (``images/<pair_id>/{0,1}.jpg`` + ``pairs.csv``).
+
+    Images go through :func:`engine.preprocess.load_image` with the model's
+    ``size`` and ``crop_fraction``, as in deployment.
+    """
     from engine.datasets import DataError, read_pair_folder
     from engine.preprocess import load_image
 
@@ -126,7 +130,7 @@ def load_validation_pairs(folder: str | os.PathLike, size: int, *, limit: int | 
 
         it = tqdm(paths, desc="validation images", unit="img", leave=False)
     for i, path in enumerate(it):
-        images[i] = load_image(path, size)
+        images[i] = load_image(path, size, crop_fraction)
     return ValidationPairs(images, [index[str(p.path_a)] for p in pairs], [index[str(p.path_b)] for p in pairs],
                            labels, [p.type for p in pairs], [p.attack for p in pairs], str(folder))
 

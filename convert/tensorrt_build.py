@@ -127,7 +127,7 @@ def sidecar_contents(*, precision: str, config: ModelConfig, profile: dict, onnx
         "input": {"name": config.input_name, "dtype": config.dtype, "layout": config.layout,
                   "colour": config.colour, "shape": [-1, config.input_size, config.input_size, 3],
                   "pixel_mean": list(config.pixel_mean), "pixel_std": list(config.pixel_std),
-                  "normalised_in_graph": True},
+                  "crop_fraction": config.crop_fraction, "normalised_in_graph": True},
         "output": {"name": config.output_name, "dtype": "float32", "shape": [-1, config.embedding_dim],
                    "l2_normalised": True},
         "profile": {"input": config.input_name, **{k: list(v) for k, v in profile.items()}},

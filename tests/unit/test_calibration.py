@@ -101,6 +101,9 @@ def test_loader_uses_the_shared_preprocessing(dataset, tmp_path):
     images = load_calibration_images(read_manifest(out), dataset, 32, progress=False)
     assert images.dtype == np.uint8 and images.shape == (8, 32, 32, 3)
     np.testing.assert_array_equal(images[3], load_image(dataset / rows[3].path, 32))
+    tight = load_calibration_images(read_manifest(out), dataset, 32, crop_fraction=0.5, progress=False)
+    np.testing.assert_array_equal(tight[3], load_image(dataset / rows[3].path, 32, 0.5))
+    assert not np.array_equal(tight[3], images[3])
 
 
 @pytest.mark.parametrize("text, message", [

@@ -20,7 +20,9 @@ from training.model import get_model
 
 pytest.importorskip("modelopt.onnx.quantization", reason="ModelOpt's ONNX tools: pip install -e '.[convert]'")
 
-CONFIG = ModelConfig(arch="resnet18", input_size=32, embedding_dim=16, threshold=0.25, extra={"epochs": 3})
+# crop_fraction < 1: calibration and validation images must be cropped as in training and deployment.
+CONFIG = ModelConfig(arch="resnet18", input_size=32, embedding_dim=16, threshold=0.25, crop_fraction=0.75,
+                     extra={"epochs": 3})
 
 
 # ------------------------------------------------------------------ pure parts
@@ -139,7 +141,7 @@ def test_threshold_is_the_fp32_eer_threshold_on_the_validation_pairs(converted, 
     cfg = ModelConfig.load(out / "model.json")
     from convert.gate import embed_onnx, load_validation_pairs
 
-    pairs = load_validation_pairs(setup / "val", 32, progress=False)
+    pairs = load_validation_pairs(setup / "val", 32, crop_fraction=0.75, progress=False)
     scores = pairs.scores(embed_onnx(out / "model.fp32.onnx", pairs.images))
     eer, threshold = equal_error_rate(pairs.labels, scores)
     assert cfg.threshold == pytest.approx(threshold, abs=1e-6)

@@ -71,6 +71,7 @@ def test_sidecar_contents():
     assert s["cuda_runtime_version"] == "12.8" and s["onnx_sha256"] == "ab" * 32
     assert s["profile"] == {"input": "images", "min": [1, 32, 32, 3], "opt": [4, 32, 32, 3], "max": [8, 32, 32, 3]}
     assert s["input"]["name"] == "images" and s["input"]["dtype"] == "uint8" and s["input"]["layout"] == "NHWC"
+    assert s["input"]["crop_fraction"] == 1.0
     assert s["input"]["shape"] == [-1, 32, 32, 3] and s["output"] == {
         "name": "embeddings", "dtype": "float32", "shape": [-1, 16], "l2_normalised": True}
     flags = s["build_flags"]
