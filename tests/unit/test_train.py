@@ -158,8 +158,7 @@ def test_run_directory_guards(dataset, tmp_path):
 
 
 def test_all_options_together(dataset, tmp_path):
-    """Aux ArcFace head, semi-hard mining, SGD, clipping, bf16 autocast, distillation, a loader worker,
-    no validation."""
+    """Aux ArcFace head, semi-hard mining, SGD, clipping, bf16 autocast, distillation, no validation."""
     teacher = tmp_path / "teacher.npz"
     meta = json.loads((dataset / "train" / "meta.json").read_text())
     reals = sorted(k for k, v in meta.items() if v == 0)
@@ -167,7 +166,7 @@ def test_all_options_together(dataset, tmp_path):
     run = tmp_path / "run"
     summary = train(tiny(dataset, run, "epochs=2", "steps_per_epoch=2", "aux_head=arcface", "mining=semi_hard",
                          "optimizer=sgd", "lr=0.05", "grad_clip=1", "precision=bf16", "fake_fake=positive",
-                         f"teacher={teacher}", "distill_weight=1", "validate=false", "workers=1"), progress=False)
+                         f"teacher={teacher}", "distill_weight=1", "validate=false"), progress=False)
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1, 2]
     assert all(r["aux"] > 0 and r["distill"] > 0 for r in rows[1:])
@@ -198,11 +197,13 @@ def test_init_loads_a_torchvision_state_dict(tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes_train_one_epoch(dataset, tmp_path):
+    # Loader workers are exercised here, in child processes: torch's DataLoader installs a
+    # process-wide Python SIGCHLD handler, which must not leak into the test process.
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "training.train", "--config", str(REPO / "configs" / "tiny.yaml"), f"data_dir={dataset}",
-           f"output_dir={run}", "epochs=1", "steps_per_epoch=0", "--no-progress"]
+           f"output_dir={run}", "epochs=1", "steps_per_epoch=0", "workers=1", "--no-progress"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = torch.load(run / "last.pt", weights_only=True)
