@@ -11,29 +11,16 @@ from convert.export import export_onnx, load_checkpoint, load_onnx
 from convert.gate import compare_embeddings, embed_onnx, embed_torch
 from convert.simplify import SimplifyError, simplify_onnx
 from engine.contract import ContractError, ModelConfig, check_onnx
+from tiny_model import random_model
 from training.checkpoint import save_model
 from training.model import get_model
 
 CONFIG = ModelConfig(arch="resnet18", input_size=32, embedding_dim=16)
 
 
-def randomise_bn(model, seed: int = 0) -> None:
-    """Non-trivial BN statistics, so a random model is not near-identity (last BNs start at zero)."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d)):
-            n = m.num_features
-            m.weight.data = torch.rand(n, generator=g) * 0.8 + 0.4
-            m.bias.data = torch.randn(n, generator=g) * 0.1
-            m.running_mean = torch.randn(n, generator=g) * 0.1
-            m.running_var = torch.rand(n, generator=g) + 0.5
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    torch.manual_seed(0)
-    model = get_model(CONFIG).eval()
-    randomise_bn(model)
+    model = random_model(CONFIG)
     folder = tmp_path_factory.mktemp("export")
     path = folder / "raw.onnx"
     info = export_onnx(model, path)

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from conftest import synthetic_face, write_jpeg
 from convert import ConversionError, convert_checkpoint
@@ -15,8 +14,8 @@ from convert.calibration import CalibrationError, make_manifest
 from convert.gate import GateError, check_gates, compare_embeddings, format_table, verification_metrics
 from engine.contract import ContractError, ModelConfig, check_onnx
 from engine.metrics import equal_error_rate
+from tiny_model import random_model
 from training.checkpoint import save_model
-from training.model import get_model
 
 pytest.importorskip("modelopt.onnx.quantization", reason="ModelOpt's ONNX tools: pip install -e '.[convert]'")
 
@@ -63,17 +62,6 @@ def test_check_gates():
 
 # ------------------------------------------------------------------ end to end
 
-def _randomise_bn(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d)):
-            n = m.num_features
-            m.weight.data = torch.rand(n, generator=g) * 0.8 + 0.4
-            m.bias.data = torch.randn(n, generator=g) * 0.1
-            m.running_mean = torch.randn(n, generator=g) * 0.1
-            m.running_var = torch.rand(n, generator=g) + 0.5
-
-
 def _variant_of(ident: int, k: int) -> np.ndarray:
     img = synthetic_face(ident * 1000, 40)
     shift = np.random.default_rng(ident * 100 + k).integers(-3, 4, 2)
@@ -83,9 +71,7 @@ def _variant_of(ident: int, k: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("convert")
-    torch.manual_seed(0)
-    model = get_model(CONFIG).eval()
-    _randomise_bn(model)
+    model = random_model(CONFIG)
     save_model(model, root / "run", CONFIG)
     # training images for the calibration manifest
     meta = {}

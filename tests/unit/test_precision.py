@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-import torch
 from onnx import TensorProto
 
 from conftest import synthetic_face
@@ -13,7 +12,7 @@ from convert.gate import compare_embeddings, embed_onnx
 from convert.precision import PrecisionError, convert_fp16, quantize_int8
 from convert.simplify import simplify_onnx
 from engine.contract import ContractError, ModelConfig, check_onnx
-from training.model import get_model
+from tiny_model import random_model
 
 pytest.importorskip("modelopt.onnx.quantization", reason="ModelOpt's ONNX tools: pip install -e '.[convert]'")
 
@@ -26,11 +25,7 @@ def face_batch(n: int, offset: int = 0) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def fp32(tmp_path_factory):
-    from test_export import randomise_bn
-
-    torch.manual_seed(0)
-    model = get_model(CONFIG).eval()
-    randomise_bn(model)
+    model = random_model(CONFIG)
     folder = tmp_path_factory.mktemp("precision")
     export_onnx(model, folder / "raw.onnx")
     simplify_onnx(folder / "raw.onnx", folder / "model.fp32.onnx", config=CONFIG)

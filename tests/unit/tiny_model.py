@@ -1,4 +1,5 @@
-"""A tiny random face model as a model folder (model.json, weights, FP32 and INT8 ONNX), built once per run.
+"""A tiny random face model as a model folder (model.json, weights, FP32 and INT8 ONNX), built once per run,
+and the helpers that make random models for the export/conversion tests.
 
 ResNet-18 trunk at 32x32 with 16-d embeddings: exports in seconds and runs in
 milliseconds, yet has every op of the real model (uint8 NHWC in, normalise,
@@ -18,7 +19,7 @@ TINY = dict(arch="resnet18", input_size=32, embedding_dim=16)
 _BUILT: dict[str, Path] = {}
 
 
-def _randomise_bn(model, seed: int) -> None:
+def randomise_bn(model, seed: int = 0) -> None:
     """Non-trivial BN statistics/affines, so the random model is not near-identity (zero-init last BNs)."""
     import torch
 
@@ -30,6 +31,18 @@ def _randomise_bn(model, seed: int) -> None:
             m.bias.data = torch.randn(n, generator=g) * 0.1
             m.running_mean = torch.randn(n, generator=g) * 0.1
             m.running_var = torch.rand(n, generator=g) + 0.5
+
+
+def random_model(config: ModelConfig, seed: int = 0):
+    """An eval-mode ``get_model(config)`` seeded with ``seed`` and given non-trivial BN (see randomise_bn)."""
+    import torch
+
+    from training.model import get_model
+
+    torch.manual_seed(seed)
+    model = get_model(config).eval()
+    randomise_bn(model, seed)
+    return model
 
 
 def export_onnx(model, path: Path, size: int) -> Path:
@@ -66,15 +79,10 @@ def tiny_model_folder() -> Path:
         return _BUILT["folder"]
     import atexit
 
-    import torch
-
     from training.checkpoint import save_model
-    from training.model import get_model
 
-    torch.manual_seed(0)
     config = ModelConfig(**TINY, threshold=0.5)
-    model = get_model(config).eval()
-    _randomise_bn(model, 0)
+    model = random_model(config)
     folder = Path(tempfile.mkdtemp(prefix="tiny-model-"))
     atexit.register(shutil.rmtree, folder, True)
     save_model(model, folder, config)
