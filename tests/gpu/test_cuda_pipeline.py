@@ -14,20 +14,14 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))  # tiny_model helper
 
 from engine import cuda  # noqa: E402
+from gpu_skips import cuda_runtime  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
 
 @pytest.fixture(scope="module")
 def rt():
-    try:
-        runtime = cuda.load_runtime()
-    except cuda.CudaUnavailable as exc:
-        pytest.skip(str(exc))
-    count, why = cuda.device_count(runtime)
-    if count == 0:
-        pytest.skip(f"no CUDA device: {why}")
-    return runtime
+    return cuda_runtime()
 
 
 @pytest.fixture(scope="module")

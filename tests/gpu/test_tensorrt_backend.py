@@ -14,6 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))  # tiny_model helper
 
 from engine import cuda  # noqa: E402
+from gpu_skips import tensorrt_builder  # noqa: E402
 
 pytestmark = [pytest.mark.gpu, pytest.mark.tensorrt]
 S, D = 32, 16
@@ -21,16 +22,7 @@ S, D = 32, 16
 
 @pytest.fixture(scope="module")
 def trt():
-    trt = pytest.importorskip("tensorrt", reason="TensorRT Python package not installed")
-    try:
-        count, why = cuda.device_count()
-    except cuda.CudaUnavailable as exc:
-        pytest.skip(str(exc))
-    if count == 0:
-        pytest.skip(f"no CUDA device: {why}")
-    if not hasattr(trt, "Builder"):
-        pytest.skip("only the TensorRT lean/dispatch runtime is installed; building a plan needs the builder")
-    return trt
+    return tensorrt_builder()
 
 
 def build_plan(trt, onnx_path: Path, plan: Path, batches=(1, 4, 8), size: int = S) -> Path:

@@ -11,24 +11,15 @@ import json
 import numpy as np
 import pytest
 
+from gpu_skips import tensorrt_builder
+
 pytestmark = [pytest.mark.gpu, pytest.mark.tensorrt]
 SIZE, DIM = 32, 16
 
 
 @pytest.fixture(scope="module")
 def trt():
-    trt = pytest.importorskip("tensorrt", reason="TensorRT Python package not installed")
-    from engine import cuda
-
-    try:
-        count, why = cuda.device_count()
-    except cuda.CudaUnavailable as exc:
-        pytest.skip(str(exc))
-    if count == 0:
-        pytest.skip(f"no CUDA device: {why}")
-    if not hasattr(trt, "Builder"):
-        pytest.skip("only the TensorRT lean/dispatch runtime is installed; building needs the builder")
-    return trt
+    return tensorrt_builder()
 
 
 def _faces(n: int, offset: int = 0) -> np.ndarray:
