@@ -174,15 +174,9 @@ def gpu_info(device: int = 0) -> dict:
 
     try:
         rt = cuda.load_runtime()
+        info = cuda.select_device(device, rt)
     except cuda.CudaUnavailable as exc:
-        raise TensorRTUnavailable(str(exc)) from None
-    count, why = cuda.device_count(rt)
-    if count == 0:
-        raise TensorRTUnavailable(f"no usable CUDA GPU ({why}); a TensorRT engine can only be built on one")
-    if device >= count:
-        raise TensorRTUnavailable(f"GPU {device} asked for, {count} present")
-    cuda.check(rt.cudaSetDevice(device), "cudaSetDevice", rt)
-    info = cuda.device_info(device, rt)
+        raise TensorRTUnavailable(f"{exc}; a TensorRT engine can only be built on a CUDA GPU") from None
     runtime_v = cuda.check(rt.cudaRuntimeGetVersion(), "cudaRuntimeGetVersion", rt)
     driver_v = cuda.check(rt.cudaDriverGetVersion(), "cudaDriverGetVersion", rt)
     return {**info, "cuda_runtime_version": cuda_version_string(runtime_v),

@@ -104,6 +104,24 @@ def device_info(device: int = 0, runtime=None) -> dict:
     return {"gpu_name": name.rstrip("\x00").strip(), "compute_capability": f"{prop.major}.{prop.minor}"}
 
 
+def select_device(device: int = 0, runtime=None) -> dict:
+    """Make ``device`` the current GPU and return :func:`device_info` for it.
+
+    Raises :class:`CudaUnavailable` saying why when no GPU is usable or
+    ``device`` is not one of them; callers turn that into their own error with
+    their own advice. Call it before creating any TensorRT object (see
+    :func:`device_count`).
+    """
+    rt = runtime or load_runtime()
+    count, why = device_count(rt)
+    if count == 0:
+        raise CudaUnavailable(f"no usable CUDA GPU ({why})")
+    if device >= count:
+        raise CudaUnavailable(f"GPU {device} asked for, {count} present")
+    check(rt.cudaSetDevice(device), "cudaSetDevice", rt)
+    return device_info(device, rt)
+
+
 def _nbytes(shape, dtype) -> int:
     return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
 

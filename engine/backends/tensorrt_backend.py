@@ -160,13 +160,11 @@ class TensorRTBackend(Backend):
         sidecar = read_sidecar(plan_path)
         trt = trt or load_tensorrt()
         rt = runtime or cuda.load_runtime()
-        count, why = cuda.device_count(rt)
-        if count == 0:
-            raise BackendError(f"no usable CUDA GPU ({why}); TensorRT needs one. Use --backend onnxruntime/openvino")
-        if device >= count:
-            raise BackendError(f"GPU {device} asked for, {count} present")
-        cuda.check(rt.cudaSetDevice(device), "cudaSetDevice", rt)
-        running = {"tensorrt_version": trt.__version__, **cuda.device_info(device, rt)}
+        try:
+            gpu = cuda.select_device(device, rt)
+        except cuda.CudaUnavailable as exc:
+            raise BackendError(f"{exc}; TensorRT needs a CUDA GPU. Use --backend onnxruntime/openvino") from None
+        running = {"tensorrt_version": trt.__version__, **gpu}
         check_plan_sidecar(sidecar, running, str(sidecar_path(plan_path)))
 
         self._rt, self._trt = rt, trt

@@ -296,6 +296,18 @@ def test_device_count_never_raises():
     assert cuda.device_info(0, FakeRuntime()) == {"gpu_name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
 
 
+def test_select_device_sets_the_device_or_says_why_not():
+    rt = FakeRuntime(devices=2, gpu=b"NVIDIA L4", cc=(8, 9))
+    assert cuda.select_device(1, rt) == {"gpu_name": "NVIDIA L4", "compute_capability": "8.9"}
+    assert "cudaSetDevice" in rt.calls
+    with pytest.raises(cuda.CudaUnavailable, match=r"^GPU 2 asked for, 2 present$"):
+        cuda.select_device(2, rt)
+    with pytest.raises(cuda.CudaUnavailable, match=r"^no usable CUDA GPU \(cudaGetDeviceCount: .*InsufficientDriver"):
+        cuda.select_device(0, FakeRuntime(devices=0))
+    with pytest.raises(cuda.CudaError, match="cudaSetDevice failed"):
+        cuda.select_device(0, FakeRuntime(fail={"cudaSetDevice": Err.cudaErrorInvalidValue}))
+
+
 # ----------------------------------------------------------------------------- buffers, streams, pipeline
 
 
@@ -506,6 +518,10 @@ def test_tensorrt_backend_without_gpu_never_creates_a_runtime(plan, ort_infer):
     with pytest.raises(BackendError, match="no usable CUDA GPU .*cudaErrorInsufficientDriver"):
         TensorRTBackend(plan, trt=trt, runtime=rt)
     assert trt.deserialised == 0
+    rt, trt = make(plan, ort_infer, devices=1)
+    with pytest.raises(BackendError, match="GPU 1 asked for, 1 present"):
+        TensorRTBackend(plan, trt=trt, runtime=rt, device=1)
+    assert trt.deserialised == 0 and "cudaSetDevice" not in rt.calls
 
 
 def test_tensorrt_backend_other_failures(plan, ort_infer, tmp_path):

@@ -125,6 +125,29 @@ def test_missing_tensorrt_is_explained(monkeypatch, tmp_path):
         tb.load_tensorrt()
 
 
+def test_gpu_info_without_a_usable_gpu_is_explained(monkeypatch):
+    from engine import cuda
+
+    class NoGPU:  # the two cuda-python calls a machine without a GPU gets as far as
+        def cudaGetDeviceCount(self):
+            return 100, None
+
+        def cudaGetErrorString(self, err):
+            return 0, b"no CUDA-capable device is detected"
+
+    monkeypatch.setattr(cuda, "load_runtime", NoGPU)
+    with pytest.raises(tb.TensorRTUnavailable, match=r"^no usable CUDA GPU \(cudaGetDeviceCount: .*no CUDA-capable "
+                                                      r"device is detected\); a TensorRT engine can only be built"):
+        tb.gpu_info(0)
+
+    def missing():
+        raise cuda.CudaUnavailable("cuda-python is not installed")
+
+    monkeypatch.setattr(cuda, "load_runtime", missing)
+    with pytest.raises(tb.TensorRTUnavailable, match="^cuda-python is not installed"):
+        tb.gpu_info(0)
+
+
 def test_corrupt_onnx_fails_before_tensorrt(tmp_path):
     bad = tmp_path / "model.int8.onnx"
     bad.write_bytes(b"not onnx" * 20)
