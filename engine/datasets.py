@@ -75,13 +75,18 @@ def safe_join(root: str | os.PathLike, rel: str, source: str) -> Path:
     return joined
 
 
-def _read_json(path: Path):
+def _read_text(path: Path, encoding: str = "utf-8") -> str:
+    """The file's text, or a DataError naming it and saying why not."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding=encoding)
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read ({exc})") from None
+
+
+def _read_json(path: Path):
+    text = _read_text(path)
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
@@ -90,12 +95,7 @@ def _read_json(path: Path):
 
 def _read_csv_rows(path: Path, required: tuple[str, ...]) -> tuple[list[str], list[tuple[int, dict]]]:
     """Rows of a headed CSV as (line number, dict); checks the required columns."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read ({exc})") from None
+    text = _read_text(path, "utf-8-sig")
     reader = csv.reader(text.splitlines())
     try:
         header = next(reader)
@@ -280,12 +280,7 @@ def read_lfw_pairs(lfw_root: str | os.PathLike, pairs_txt: str | os.PathLike) ->
     label 1/0 and type genuine/impostor; pair ids are 8-digit line indices.
     """
     pairs_txt = Path(pairs_txt)
-    try:
-        lines = pairs_txt.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise DataError(f"{pairs_txt}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{pairs_txt}: cannot read ({exc})") from None
+    lines = _read_text(pairs_txt).splitlines()
     if not lines:
         raise DataError(f"{pairs_txt}:1: empty file, expected the header '10\\t300'")
     head = lines[0].split()
