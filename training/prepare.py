@@ -157,32 +157,29 @@ def _plan_pairs(split: str, names: list[str], by_identity: dict[str, list[str]],
         j += j >= position[name]
         return names[j]
 
+    def genuine():
+        name = multi[rng.integers(len(multi))]
+        a = pick(name)
+        return name, a, name, pick(name, avoid=a)
+
+    def impostor():
+        name_a = names[rng.integers(len(names))]
+        name_b = other_than(name_a)
+        return name_a, pick(name_a), name_b, pick(name_b)
+
+    # Pairs of real photos: up to 20 draws per pair asked for, repeats skipped.
     seen = set()
-    if multi:
+    for kind, n, draw in ((GENUINE, n_gen if multi else 0, genuine),
+                          (IMPOSTOR, n_imp if len(names) >= 2 else 0, impostor)):
         made = 0
-        for _ in range(n_gen * 20):
-            if made >= n_gen:
+        for _ in range(n * 20):
+            if made >= n:
                 break
-            name = multi[rng.integers(len(multi))]
-            a = pick(name)
-            b = pick(name, avoid=a)
-            key = (GENUINE,) + tuple(sorted((a, b)))
+            name_a, a, name_b, b = draw()
+            key = (kind,) + tuple(sorted((a, b)))
             if key not in seen:
                 seen.add(key)
-                pairs.append((GENUINE, "", (name, a, "", ""), (name, b, "", "")))
-                made += 1
-    if len(names) >= 2:
-        made = 0
-        for _ in range(n_imp * 20):
-            if made >= n_imp:
-                break
-            name_a = names[rng.integers(len(names))]
-            name_b = other_than(name_a)
-            a, b = pick(name_a), pick(name_b)
-            key = (IMPOSTOR,) + tuple(sorted((a, b)))
-            if key not in seen:
-                seen.add(key)
-                pairs.append((IMPOSTOR, "", (name_a, a, "", ""), (name_b, b, "", "")))
+                pairs.append((kind, "", (name_a, a, "", ""), (name_b, b, "", "")))
                 made += 1
     for k in range(n_same):
         attack = ATTACKS[k % len(ATTACKS)]
