@@ -69,7 +69,8 @@ def _check_usage(image_a, image_b, pairs, out, labels, lfw, lfw_pairs, report) -
     return "images" if image_a is not None else "pairs" if pairs is not None else "lfw"
 
 
-def verify(image_a=None, image_b=None, *, pairs=None, out=None, labels=None, lfw=None, lfw_pairs=None, report=None,
+def verify(image_a=None, image_b=None, *, pairs=None, out=None, labels=None, lfw=None, lfw_pairs=None,
+           lfw_folds: str | None = None, report=None,
            json_output: bool = False, model=None, backend: str = "auto", precision: str | None = None,
            device: str | None = None, threshold: float | None = None, batch_size: int | None = None,
            workers: int | None = None, strict: bool = False, cache=None, bootstrap: int = 1000,
@@ -84,7 +85,9 @@ def verify(image_a=None, image_b=None, *, pairs=None, out=None, labels=None, lfw
             raise UsageError(f"--threshold must be a finite number, got {threshold}")
         if bootstrap < 0:
             raise UsageError(f"--bootstrap must be >= 0, got {bootstrap}")
-        job = _load_pairs(mode, pairs, labels, lfw, lfw_pairs) if mode != "images" else None
+        if lfw_folds is not None and mode != "lfw":
+            raise UsageError("--lfw-folds goes with --lfw")
+        job = _load_pairs(mode, pairs, labels, lfw, lfw_pairs, lfw_folds) if mode != "images" else None
         for p in (image_a, image_b) if mode == "images" else ():
             if not Path(p).is_file():
                 raise FileNotFoundError(f"{p}: no such file")
@@ -138,13 +141,27 @@ def _two_images(embedder, image_a, image_b, thr, json_output) -> int:
     return EXIT_MATCH if match else EXIT_NO_MATCH
 
 
-def _load_pairs(mode, pairs, labels, lfw, lfw_pairs):
+def parse_folds(text: str) -> set[int]:
+    """``"1"`` or ``"1,3"`` (1-based LFW folds, as in the pairs file) -> 0-based fold ids."""
+    try:
+        folds = {int(t) for t in text.split(",") if t.strip()}
+    except ValueError:
+        raise UsageError(f"--lfw-folds: expected comma-separated fold numbers 1-10, got {text!r}") from None
+    if not folds or not folds <= set(range(1, 11)):
+        raise UsageError(f"--lfw-folds: fold numbers must be 1-10, got {text!r}")
+    return {f - 1 for f in folds}
+
+
+def _load_pairs(mode, pairs, labels, lfw, lfw_pairs, lfw_folds=None):
     from engine.datasets import read_lfw_pairs, read_pair_folder
 
     if mode == "pairs":
         job = read_pair_folder(pairs, labels)
     else:
         job = read_lfw_pairs(lfw, lfw_pairs)
+        if lfw_folds is not None:  # e.g. only the folds whose identities the model never saw
+            keep = parse_folds(lfw_folds)
+            job = [p for p in job if p.fold in keep]
     if not job:
         raise ValueError(f"{pairs or lfw_pairs}: no pairs found")
     return job
@@ -243,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "against; DIR/pairs.csv is used when present")
     p.add_argument("--lfw", metavar="DIR", help="evaluate on LFW: folder of identity folders (lfw-deepfunneled)")
     p.add_argument("--lfw-pairs", metavar="FILE", help="with --lfw: the LFW View 2 pairs.txt")
+    p.add_argument("--lfw-folds", metavar="K[,K]", help="with --lfw: score only these folds (1-10, 1 = the "
+                   "first 600 pairs), e.g. the folds held out of training; 10-fold accuracy needs >= 2 folds")
     p.add_argument("--report", metavar="DIR", help="evaluations: write metrics.json, metrics.md, roc.png, det.png "
                    "and scores.png into DIR")
     p.add_argument("--json", dest="json_output", action="store_true",

@@ -25,6 +25,7 @@ from engine.datasets import read_lfw_pairs, read_pair_folder
 from engine.metrics import evaluate, kfold_accuracy
 from engine.preprocess import load_image
 from engine.report import write_report
+from engine.verify import parse_folds
 from training.teacher import DlibFaceEncoder
 
 
@@ -49,12 +50,16 @@ def main(argv=None) -> int:
     p.add_argument("--pairs", help="pair folder in the test_public layout with pairs.csv (labels, types)")
     p.add_argument("--lfw", help="LFW image root (identity folders)")
     p.add_argument("--lfw-pairs", help="LFW pairs.txt (10 folds)")
+    p.add_argument("--lfw-folds", metavar="K[,K]", help="with --lfw: score only these folds (1-10)")
     p.add_argument("--report", required=True, help="output folder for metrics.json/.md and plots")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the EER CI (default 1000)")
     args = p.parse_args(argv)
     if bool(args.pairs) == bool(args.lfw):
         p.error("give exactly one of --pairs or --lfw/--lfw-pairs")
     pairs = read_pair_folder(args.pairs) if args.pairs else read_lfw_pairs(args.lfw, args.lfw_pairs)
+    if args.lfw_folds:
+        keep = parse_folds(args.lfw_folds)
+        pairs = [pr for pr in pairs if pr.fold in keep]
     scores, rate = score_pairs(pairs)
     labels = np.array([pr.label for pr in pairs])
     types = [pr.type for pr in pairs]
@@ -62,7 +67,7 @@ def main(argv=None) -> int:
     result = evaluate(labels, scores, types, attacks, threshold=-0.6, bootstrap=args.bootstrap)
     result["model"] = "dlib_face_recognition_resnet_model_v1 (score = -L2 distance)"
     result["images_per_s"] = rate
-    if args.lfw:
+    if args.lfw and len({pr.fold for pr in pairs}) >= 2:
         result["lfw_10fold"] = kfold_accuracy(labels, scores, np.array([pr.fold for pr in pairs]))
     write_report(result, args.report, labels, scores, types)
     print(json.dumps({k: result[k] for k in ("eer", "eer_real", "eer_fake") if k in result}, indent=1))

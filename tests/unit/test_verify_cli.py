@@ -141,6 +141,7 @@ def test_no_threshold_anywhere_is_an_error_after_printing_the_similarity(capsys,
     (["a.jpg", "b.jpg", "--out", "s.csv"], "--out writes a submission for --pairs"),
     (["a.jpg", "b.jpg", "--threshold", "nan"], "finite"),
     (["--pairs", "x", "--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--pairs", "x", "--lfw-folds", "1"], "--lfw-folds goes with --lfw"),
 ])
 def test_bad_flag_combinations(capsys, argv, message):
     code, _, err = run(capsys, *argv)
@@ -293,6 +294,21 @@ def test_lfw_evaluation_on_a_few_real_pairs(capsys, model, face_data, tmp_path):
     assert summary["pairs"] == 8 and summary["metrics"]["n_pairs"] == 8
     acc = summary["metrics"]["lfw_kfold_accuracy"]
     assert len(acc["per_fold"]) == 2 and 0.0 <= acc["mean"] <= 1.0
+
+    # Only fold 2 (a held-out fold): its 4 pairs, no k-fold accuracy from a single fold.
+    code, out, err = run(capsys, "--lfw", face_data / "lfw-deepfunneled", "--lfw-pairs", pairs_txt, "--model", model,
+                         "--json", "--bootstrap", "0", "--lfw-folds", "2")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["pairs"] == 4 and "lfw_kfold_accuracy" not in summary["metrics"]
+
+
+@pytest.mark.parametrize("text", ["0", "11", "a", ""])
+def test_bad_lfw_folds_are_refused(text):
+    from engine.verify import UsageError, parse_folds
+
+    with pytest.raises(UsageError, match="--lfw-folds"):
+        parse_folds(text)
 
 
 def test_module_entry_point_runs(model, pairs_dir):
