@@ -164,7 +164,7 @@ def test_summarise_medians_over_rounds():
     assert s["latency_ms"]["min"] == 10.0 and s["latency_ms"]["max"] == 30.0
     assert s["latency_ms"]["median"] == 10.0 and s["latency_ms"]["mean"] == pytest.approx(90 / 6)
     assert s["gflop_s"] == pytest.approx(300.0) and s["percent_of_peak"] == pytest.approx(30.0)
-    assert s["timed_calls"] == 6
+    assert s["timed_calls"] == 6 and s["throughput_best_img_s"] == 400.0
 
 
 def test_latency_percentiles():
@@ -179,7 +179,8 @@ def _results():
         return {"backend": backend, "precision": precision, "cuda_graphs": False,
                 "peak": {"precision": "int8", "gops_per_s": 1000.0},
                 "kernels": {"brgconv_avx512_I8": 33} if backend == "openvino" else None,
-                "batches": [{"batch": 8, "throughput_img_s": tput, "gflop_s": 10.0, "percent_of_peak": 1.0,
+                "batches": [{"batch": 8, "throughput_img_s": tput, "throughput_best_img_s": 2 * tput,
+                             "gflop_s": 10.0, "percent_of_peak": 1.0,
                              "latency_ms": dict(min=1.0, median=2.0, mean=2.5, p90=3.0, p99=4.0, max=5.0)}]}
     return {"torch:fp32": res("torch", "fp32", 100.0), "openvino:int8": res("openvino", "int8", 850.0)}
 
@@ -188,11 +189,14 @@ def test_ratios_and_markdown_table():
     results = _results()
     rep.add_ratios(results, "torch:fp32")
     assert results["openvino:int8"]["batches"][0]["ratio_to_baseline"] == pytest.approx(8.5)
+    assert results["openvino:int8"]["batches"][0]["best_ratio_to_baseline"] == pytest.approx(8.5)
     table = rep.markdown_table(results, "torch:fp32")
     lines = table.splitlines()
-    assert lines[0].startswith("| backend | precision | batch | img/s | p50 ms") and "x torch:fp32" in lines[0]
+    assert lines[0].startswith("| backend | precision | batch | img/s | best img/s | p50 ms")
+    assert "| x torch:fp32 | x torch:fp32 (best) |" in lines[0]
     assert len(lines) == 4
-    assert "| openvino | int8 | 8 | 850.0 | 2.00 | 3.00 | 4.00 |" in table and table.rstrip().endswith("| 8.50 |")
+    assert "| openvino | int8 | 8 | 850.0 | 1,700.0 | 2.00 | 3.00 | 4.00 |" in table
+    assert table.rstrip().endswith("| 8.50 | 8.50 |")
     assert "brgconv_avx512_I8 x33" in rep.kernels_section(results)
     assert rep.gpu_split_table(results) == ""
 
@@ -294,7 +298,7 @@ def test_end_to_end_writes_json_and_markdown(tmp_path, capsys):
     assert res["kernels"] and any(k.startswith("QuantizeLinear") or "Conv" in k for k in res["kernels"])
     assert data["loadavg_before"] is not None and data["machine"]["cores"] >= 1
     fp32 = json.loads((out / f"onnxruntime-fp32-{name}.json").read_text())["result"]
-    assert all(b["ratio_to_baseline"] == 1.0 for b in fp32["batches"])
+    assert all(b["ratio_to_baseline"] == 1.0 == b["best_ratio_to_baseline"] for b in fp32["batches"])
     md = (out / f"report-{name}.md").read_text()
     assert "| onnxruntime | int8 | 2 |" in md and md in capsys.readouterr().out
     assert "Model: resnet18 at 32x32, 16-d embeddings." in md and data["model_config"]["arch"] == "resnet18"
