@@ -78,7 +78,8 @@ def markdown_table(results: dict[str, dict], baseline: str | None = None) -> str
             lines.append("| " + " | ".join([
                 res["backend"], res["precision"] + (" +graphs" if res.get("cuda_graphs") else ""), str(s["batch"]),
                 _fmt(s["throughput_img_s"]), _fmt(s.get("throughput_best_img_s")),
-                _fmt(lat["median"], 2), _fmt(lat["p90"], 2), _fmt(lat["p99"], 2), _fmt(lat["min"], 2), _fmt(lat["max"], 2), _fmt(s.get("gflop_s")), _fmt(s.get("percent_of_peak")),
+                _fmt(lat["median"], 2), _fmt(lat["p90"], 2), _fmt(lat["p99"], 2), _fmt(lat["min"], 2),
+                _fmt(lat["max"], 2), _fmt(s.get("gflop_s")), _fmt(s.get("percent_of_peak")),
                 f"{peak['precision']} {peak['gops_per_s']:,.0f}" if peak else "-",
                 _fmt(s.get("ratio_to_baseline"), 2), _fmt(s.get("best_ratio_to_baseline"), 2),
             ]) + " |")
