@@ -90,6 +90,7 @@ def interleaved_medians(fns: dict, rounds: int, warmup: int = 2) -> dict[str, fl
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest-benchmark's hooks: no error where the plugin is absent
 def pytest_benchmark_update_machine_info(config, machine_info):
     """Add the machine class (CPU model, ISA flags, cores) that picks the saved baseline folder."""
     from bench.machine import describe_machine, load_average, machine_name
@@ -100,6 +101,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["loadavg"] = load_average()
 
 
+@pytest.hookimpl(optionalhook=True)
 def pytest_benchmark_compare_machine_info(config, benchmarksession, machine_info, compared_benchmark):
     """Warn when a run is compared with a baseline saved on another machine class."""
     saved = compared_benchmark.get("machine_info", {}).get("machine_class")
