@@ -103,7 +103,7 @@ def test_embed_validates_input_and_handles_empty_batch(model_dir):
 def test_open_backend_carries_config_threshold_and_choice(model_dir):
     with open_backend(model_dir, backend="onnxruntime") as be:
         assert be.config.threshold == 0.5
-        assert be.choice == Choice("onnxruntime", "int8", "asked for")
+        assert be.choice == Choice("onnxruntime", "fp32", "asked for")
         assert be.source.path == model_dir
 
 
@@ -231,7 +231,7 @@ def test_choose_uses_plan_only_with_tensorrt_and_gpu(tmp_path):
     c = choose(src, precision="fp32", env=gpu)
     assert (c.backend, c.precision) == ("openvino", "fp32")
     c = choose(src, env={"tensorrt": False, "gpus": 0, "openvino": False})
-    assert (c.backend, c.precision) == ("onnxruntime", "int8")
+    assert (c.backend, c.precision) == ("onnxruntime", "fp32")
 
 
 def test_choose_refuses_what_is_not_there(tmp_path):
