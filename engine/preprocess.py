@@ -8,6 +8,7 @@ HWC of the model's square input size; normalisation lives inside the model
 """
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -26,8 +27,6 @@ class ImageError(ValueError):
 
 def _header_size(data: bytes, source: str) -> tuple[int, int]:
     """Width and height from the file header only (Pillow opens lazily)."""
-    import io
-
     try:
         with Image.open(io.BytesIO(data)) as im:
             return im.size
