@@ -34,6 +34,11 @@ class ModelConfig:
     # Share of the image's short side kept by the centre crop (engine.preprocess).
     crop_fraction: float = 1.0
     embedding_dim: int = 512
+    # Weight of the realness coordinate: > 0 means the last of the embedding_dim
+    # outputs is realness_weight * tanh(real-vs-fake logit / 2) (then the whole
+    # vector is L2-normalised), so a fake scores low against a real photo of
+    # the same person even when the identity part matches. 0 = identity only.
+    realness_weight: float = 0.0
     pixel_mean: tuple[float, float, float] = PIXEL_MEAN
     pixel_std: tuple[float, float, float] = PIXEL_STD
     input_name: str = INPUT_NAME
@@ -54,6 +59,9 @@ class ModelConfig:
             raise ContractError(f"crop_fraction must be in (0, 1], got {self.crop_fraction}")
         if self.embedding_dim < 1:
             raise ContractError(f"embedding_dim must be positive, got {self.embedding_dim}")
+        if self.realness_weight < 0 or (self.realness_weight > 0 and self.embedding_dim < 2):
+            raise ContractError(f"realness_weight must be >= 0 (and > 0 needs embedding_dim >= 2), "
+                                f"got {self.realness_weight} with embedding_dim {self.embedding_dim}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -60,7 +60,9 @@ class TrainConfig:
     crop_fraction: float = 1.0       # centre-crop share of each photo (0.5 for LFW 250x250); goes into model.json
     embedding_dim: int = 512
     dropout: float = 0.0
-    init: str = ""                   # torchvision-format ResNet state dict (.pth/.pt/.safetensors)
+    init: str = ""                   # start weights: a run dir / its model.safetensors (fine-tune), or a
+                                     # torchvision-format ResNet state dict (.pth/.pt/.safetensors)
+    realness_weight: float = 0.0     # > 0: append the real-vs-fake coordinate to the embedding (model.json)
 
     # Batches: P identities x K images, a share of each identity's K being its fakes
     p: int = 16
@@ -78,6 +80,7 @@ class TrainConfig:
     aux_margin: float = 0.35
     teacher: str = ""                # .npz of teacher embeddings for real training images
     distill_weight: float = 0.0      # relational distillation weight (0 = off)
+    realness_loss: float = 1.0       # weight of the real-vs-fake cross-entropy (with realness_weight > 0)
     teacher_center: bool = True      # subtract the teacher's mean embedding before comparing similarities
 
     # Optimisation
@@ -108,7 +111,7 @@ class TrainConfig:
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(arch=self.arch, input_size=self.input_size, crop_fraction=self.crop_fraction,
-                           embedding_dim=self.embedding_dim)
+                           embedding_dim=self.embedding_dim, realness_weight=self.realness_weight)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -261,6 +264,10 @@ def validate(config: TrainConfig) -> None:
          f"input_size: must be >= 32 and a multiple of 16, got {config.input_size}")
     need(0.0 < config.crop_fraction <= 1.0, f"crop_fraction: must be in (0, 1], got {config.crop_fraction}")
     need(config.embedding_dim >= 1, f"embedding_dim: must be positive, got {config.embedding_dim}")
+    need(config.realness_weight >= 0.0, f"realness_weight: must be >= 0, got {config.realness_weight}")
+    need(config.realness_weight == 0.0 or config.embedding_dim >= 2,
+         "realness_weight > 0 needs embedding_dim >= 2 (the last coordinate is the realness one)")
+    need(config.realness_loss >= 0.0, f"realness_loss: must be >= 0, got {config.realness_loss}")
     need(0.0 <= config.dropout < 1.0, f"dropout: must be in [0, 1), got {config.dropout}")
     need(config.p >= 2, f"p: need at least 2 identities per batch (negatives), got {config.p}")
     need(config.k >= 2, f"k: need at least 2 images per identity (positives), got {config.k}")

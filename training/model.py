@@ -134,6 +134,23 @@ class EmbeddingHead(nn.Module):
         return self.bn_out(self.fc(x))
 
 
+class RealnessHead(nn.Module):
+    """Real-vs-fake logit (positive = real) from the trunk's last feature map.
+
+    Average pooling sees the face's overall statistics, max pooling the
+    strongest local response (a blending seam, a colour step), so both go in.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(2 * channels)
+        self.fc = nn.Linear(2 * channels, 1)
+
+    def forward(self, x):
+        pooled = torch.cat([x.mean((2, 3)), x.amax((2, 3))], 1)
+        return self.fc(self.bn(pooled)).squeeze(1)
+
+
 def feature_map_size(input_size: int) -> int:
     """Side of the last feature map for torchvision's stride-32 trunk."""
     side = input_size
@@ -143,7 +160,16 @@ def feature_map_size(input_size: int) -> int:
 
 
 class FaceEmbedder(nn.Module):
-    """uint8 RGB NHWC images -> L2-normalised float32 embeddings (B, D)."""
+    """uint8 RGB NHWC images -> L2-normalised float32 embeddings (B, D).
+
+    With ``config.realness_weight`` = a > 0 the output is
+    ``normalise([identity, a * t])``: a unit identity vector of D - 1 values
+    and the realness coordinate ``t = tanh(logit / 2)`` (+1 real, -1 fake).
+    Between two real photos (t = 1) the cosine is ``(s + a^2) / (1 + a^2)``,
+    a monotone map of the identity similarity s, so ranking among real pairs
+    is unchanged; a fake against a real photo of the same person scores
+    ``(s - a^2) / (1 + a^2)``: with a = 1, about 0 instead of about 1.
+    """
 
     def __init__(self, config: ModelConfig, dropout: float = 0.0):
         super().__init__()
@@ -151,8 +177,10 @@ class FaceEmbedder(nn.Module):
             raise ValueError(f"unknown arch {config.arch!r}; available: {available_models()}")
         self.config = config
         self.backbone = _BACKBONES[config.arch]()
+        realness = config.realness_weight > 0
         self.head = EmbeddingHead(self.backbone.out_channels, feature_map_size(config.input_size),
-                                  config.embedding_dim, dropout)
+                                  config.embedding_dim - int(realness), dropout)
+        self.realness = RealnessHead(self.backbone.out_channels) if realness else None
         # Buffers so they travel with .to() and are folded into the exported graph.
         self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_inv_std", 1.0 / torch.tensor(config.pixel_std).view(1, 3, 1, 1),
@@ -164,9 +192,22 @@ class FaceEmbedder(nn.Module):
         x = images.permute(0, 3, 1, 2).float()
         return (x - self.pixel_mean) * self.pixel_inv_std
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def parts(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(unit identity vectors (B, D or D - 1), realness logits (B,) or None)``."""
         features = self.backbone(self.normalise(images))
-        return F.normalize(self.head(features).float(), dim=1)
+        identity = F.normalize(self.head(features).float(), dim=1)
+        logit = self.realness(features).float() if self.realness is not None else None
+        return identity, logit
+
+    def combine(self, identity: torch.Tensor, logit: torch.Tensor | None) -> torch.Tensor:
+        """The shipped embedding from :meth:`parts`' outputs."""
+        if logit is None:
+            return identity
+        coordinate = self.config.realness_weight * torch.tanh(0.5 * logit)
+        return F.normalize(torch.cat([identity, coordinate[:, None]], 1), dim=1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.combine(*self.parts(images))
 
 
 def get_model(config: ModelConfig | str, **kwargs) -> FaceEmbedder:

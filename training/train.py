@@ -119,10 +119,10 @@ def check_inputs(config: TrainConfig, run_dir: Path, resume: bool) -> None:
     if config.validate and not (data / "val" / "pairs.csv").is_file():
         raise TrainError(f"{data / 'val' / 'pairs.csv'}: no such file (set validate=false to train without "
                          f"validation)")
-    for key in ("teacher", "init"):
-        value = getattr(config, key)
-        if value and not Path(value).is_file():
-            raise TrainError(f"{key}: {value}: no such file")
+    if config.teacher and not Path(config.teacher).is_file():
+        raise TrainError(f"teacher: {config.teacher}: no such file")
+    if config.init and not (Path(config.init).is_file() or (Path(config.init) / "model.safetensors").is_file()):
+        raise TrainError(f"init: {config.init}: neither a weights file nor a run directory with model.safetensors")
     if resume and not (run_dir / LAST).is_file():
         raise TrainError(f"{run_dir / LAST}: no such file; nothing to resume (start without --resume)")
     if not resume and (run_dir / LAST).is_file():
@@ -167,7 +167,10 @@ def lr_at(step: int, total: int, warmup: int, base: float, min_ratio: float) -> 
 
 
 class Trainee(nn.Module):
-    """The embedder plus the optional auxiliary head, as one module for DDP."""
+    """The embedder plus the optional auxiliary head, as one module for DDP.
+
+    Returns ``(embedding, identity part, realness logit or None, aux loss or None)``.
+    """
 
     def __init__(self, embedder: FaceEmbedder, head: MarginSoftmaxHead | None = None):
         super().__init__()
@@ -175,11 +178,12 @@ class Trainee(nn.Module):
         self.head = head
 
     def forward(self, images: torch.Tensor, class_id: torch.Tensor | None = None):
-        emb = self.embedder(images)
+        identity, logit = self.embedder.parts(images)
+        emb = self.embedder.combine(identity, logit)
         if self.head is None:
-            return emb, None
+            return emb, identity, logit, None
         with torch.autocast(device_type=images.device.type, enabled=False):
-            return emb, self.head.loss(emb.float(), class_id)
+            return emb, identity, logit, self.head.loss(emb.float(), class_id)
 
 
 def build_optimizer(config: TrainConfig, module: nn.Module) -> torch.optim.Optimizer:
@@ -193,7 +197,14 @@ def build_optimizer(config: TrainConfig, module: nn.Module) -> torch.optim.Optim
 
 
 def load_init(model: FaceEmbedder, path: str) -> dict:
-    """Initialise the backbone from a torchvision-format state dict file."""
+    """Initialise from a run (fine-tuning) or a torchvision-format backbone.
+
+    A run directory or its ``model.safetensors`` loads every tensor whose
+    name and shape match; the rest (say, a head resized for the realness
+    coordinate) keeps its fresh initialisation and is listed as missing.
+    """
+    if Path(path).is_dir():
+        path = str(Path(path) / "model.safetensors")
     try:
         if path.endswith(".safetensors"):
             from safetensors.torch import load_file
@@ -206,6 +217,11 @@ def load_init(model: FaceEmbedder, path: str) -> dict:
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
+    if isinstance(state, dict) and any(k.startswith("backbone.") for k in state):
+        own = model.state_dict()
+        fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        model.load_state_dict(fits, strict=False)
+        return {"missing": sorted(set(own) - set(fits)), "unexpected": sorted(set(state) - set(fits))}
     try:
         return load_torchvision_backbone(model, state)
     except (ValueError, RuntimeError) as exc:
@@ -415,8 +431,9 @@ def train(config: TrainConfig, resume: bool = False, stop_after_steps: int = 0, 
             break
         sampler.set_epoch(epoch, progress_state["step"])
         sums = progress_state["sums"] or {"loss": 0.0, "triplet": 0.0, "aux": 0.0, "distill": 0.0,
-                                          "active": 0.0, "d_ap": 0.0, "d_an": 0.0, "steps": 0, "images": 0,
+                                          "realness": 0.0, "active": 0.0, "d_ap": 0.0, "d_an": 0.0, "steps": 0, "images": 0,
                                           "seconds": 0.0}
+        sums.setdefault("realness", 0.0)  # mid-epoch checkpoints from before the realness loss
         bar = tqdm(total=steps_per_epoch, initial=progress_state["step"], desc=f"epoch {epoch}/{config.epochs}",
                    disable=not (progress and rt.main), leave=False, file=sys.stderr)
         tick = time.perf_counter()
@@ -428,17 +445,22 @@ def train(config: TrainConfig, resume: bool = False, stop_after_steps: int = 0, 
             identity = batch["identity"].to(rt.device)
             is_fake = batch["is_fake"].to(rt.device)
             with rt.autocast():
-                emb, aux = model(images, batch["class_id"].to(rt.device) if head is not None else None)
+                emb, id_part, logit, aux = model(images, batch["class_id"].to(rt.device) if head is not None
+                                                 else None)
             trip, stats = triplet_loss(emb, identity, is_fake, config.mining, config.margin, config.fake_fake)
             loss = trip
             if aux is not None:
                 loss = loss + config.aux_weight * aux
-            distill = None
+            distill = realness = None
             if teacher_emb is not None:
+                # On the identity part only: the teacher knows people, not fakes.
                 t_idx = batch["teacher"].to(rt.device)
                 has = t_idx >= 0
-                distill = relational_loss(emb[has], teacher_emb[t_idx[has]])
+                distill = relational_loss(id_part[has], teacher_emb[t_idx[has]])
                 loss = loss + config.distill_weight * distill
+            if logit is not None:
+                realness = nn.functional.binary_cross_entropy_with_logits(logit, 1.0 - is_fake.float())
+                loss = loss + config.realness_loss * realness
             if not torch.isfinite(loss):
                 raise TrainError(f"epoch {epoch} step {progress_state['step']}: loss is {loss.item()} "
                                  f"(lower lr, or use precision=fp32)")
@@ -457,6 +479,7 @@ def train(config: TrainConfig, resume: bool = False, stop_after_steps: int = 0, 
             sums["triplet"] += trip.item()
             sums["aux"] += aux.item() if aux is not None else 0.0
             sums["distill"] += distill.item() if distill is not None else 0.0
+            sums["realness"] += realness.item() if realness is not None else 0.0
             for key in ("active", "d_ap", "d_an"):
                 sums[key] += stats[key]
             sums["steps"] += 1
@@ -515,7 +538,7 @@ def _barrier(rt: Runtime) -> None:
 
 
 def _epoch_row(epoch: int, state: dict, sums: dict, optimizer, rt: Runtime) -> dict:
-    keys = ("loss", "triplet", "aux", "distill", "active", "d_ap", "d_an")
+    keys = ("loss", "triplet", "aux", "distill", "realness", "active", "d_ap", "d_an")
     totals = torch.tensor([sums[k] for k in keys] + [sums["steps"]], dtype=torch.float64)
     if rt.distributed:  # mean over ranks (each saw its own batches)
         torch.distributed.all_reduce(totals)

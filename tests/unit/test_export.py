@@ -150,3 +150,13 @@ def test_checkpoint_round_trip_and_mismatch(tmp_path):
         load_checkpoint(tmp_path / "run")
     with pytest.raises(ContractError, match="no such checkpoint folder"):
         load_checkpoint(tmp_path / "missing")
+
+
+def test_realness_model_exports_with_parity(tmp_path):
+    """The realness coordinate (pooling, tanh, concat) is inside the graph; output stays (B, embedding_dim)."""
+    model = random_model(ModelConfig(arch="resnet18", input_size=32, embedding_dim=16, realness_weight=1.0))
+    info = export_onnx(model, tmp_path / "raw.onnx")
+    assert info["embedding_dim"] == 16
+    x = images(8)
+    parity = compare_embeddings(embed_torch(model, x), embed_onnx(tmp_path / "raw.onnx", x))
+    assert parity["cos_min"] > 0.9999 and parity["max_abs"] < 1e-4

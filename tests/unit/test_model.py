@@ -117,3 +117,50 @@ def test_checkpoint_mismatch_is_a_contract_error(tmp_path):
     ModelConfig(arch="resnet18", input_size=32, embedding_dim=32).save(tmp_path / "model.json")
     with pytest.raises(ContractError, match="does not match"):
         load_model(tmp_path)
+
+
+REALNESS = ModelConfig(arch="resnet18", input_size=32, embedding_dim=16, realness_weight=1.0)
+
+
+def test_realness_coordinate_is_the_last_output_and_keeps_the_contract():
+    model = get_model(REALNESS).eval()
+    with torch.no_grad():
+        identity, logit = model.parts(_images(4, 32))
+        emb = model(_images(4, 32))
+    assert identity.shape == (4, 15) and logit.shape == (4,)
+    assert emb.shape == (4, 16)
+    torch.testing.assert_close(emb.norm(dim=1), torch.ones(4), rtol=0, atol=1e-5)
+    expected_last = torch.tanh(0.5 * logit) / torch.sqrt(1 + torch.tanh(0.5 * logit) ** 2)
+    torch.testing.assert_close(emb[:, -1], expected_last, rtol=0, atol=1e-5)
+
+
+def test_realness_separates_a_fake_from_the_same_identity():
+    """Same identity vector: two reals score 1, a real and a fake (1 - a^2) / (1 + a^2)."""
+    a = 1.5
+    model = get_model(ModelConfig(arch="resnet18", input_size=32, embedding_dim=4, realness_weight=a))
+    identity = torch.nn.functional.normalize(torch.tensor([[1.0, 2.0, 2.0]] * 3), dim=1)
+    emb = model.combine(identity, torch.tensor([40.0, 40.0, -40.0]))  # real, real, fake
+    cos = emb @ emb.t()
+    assert cos[0, 1].item() == pytest.approx(1.0, abs=1e-6)
+    assert cos[0, 2].item() == pytest.approx((1 - a * a) / (1 + a * a), abs=1e-6)
+    # Between reals the score is a monotone map of the identity cosine s: (s + a^2) / (1 + a^2).
+    other = torch.nn.functional.normalize(torch.tensor([[2.0, -1.0, 0.5]]), dim=1)
+    s = (identity[0] @ other[0]).item()
+    pair = model.combine(torch.cat([identity[:1], other]), torch.tensor([40.0, 40.0]))
+    assert (pair[0] @ pair[1]).item() == pytest.approx((s + a * a) / (1 + a * a), abs=1e-6)
+
+
+def test_realness_weight_is_validated():
+    with pytest.raises(ContractError, match="realness_weight"):
+        ModelConfig(realness_weight=-1.0)
+    with pytest.raises(ContractError, match="embedding_dim >= 2"):
+        ModelConfig(embedding_dim=1, realness_weight=1.0)
+
+
+def test_realness_checkpoint_round_trip(tmp_path):
+    model = get_model(REALNESS).eval()
+    save_model(model, tmp_path)
+    loaded = load_model(tmp_path)
+    assert loaded.config.realness_weight == 1.0
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(_images(2, 32)), model(_images(2, 32)), rtol=0, atol=0)

@@ -195,6 +195,36 @@ def test_init_loads_a_torchvision_state_dict(tmp_path):
         load_init(target, str(tmp_path / "resnet50.pth"))
 
 
+def test_realness_training_logs_its_loss_and_ships_the_coordinate(dataset, tmp_path):
+    run = tmp_path / "run"
+    train(tiny(dataset, run, "epochs=1", "steps_per_epoch=2", "realness_weight=1.0", "realness_loss=0.5"),
+          progress=False)
+    row = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()][-1]
+    assert row["realness"] > 0
+    assert row["loss"] == pytest.approx(row["triplet"] + 0.5 * row["realness"], rel=1e-5)
+    model = load_model(run)
+    assert model.config.realness_weight == 1.0 and model.realness is not None
+
+
+def test_init_from_a_run_fine_tunes_what_fits(dataset, tmp_path):
+    """A run's weights seed a model with a realness head: the trunk loads, resized/new layers start fresh."""
+    stage1 = tmp_path / "stage1"
+    train(tiny(dataset, stage1, "epochs=1", "steps_per_epoch=1"), progress=False)
+    source = load_model(stage1)
+    target = get_model(ModelConfig(**{**source.config.to_dict(), "realness_weight": 1.0, "threshold": None,
+                                      "extra": {}}))
+    report = load_init(target, str(stage1))
+    torch.testing.assert_close(target.backbone.conv1.weight, source.backbone.conv1.weight)
+    assert "head.fc.weight" in report["missing"] and "realness.fc.weight" in report["missing"]
+    assert report["unexpected"] == ["head.bn_out.bias", "head.bn_out.running_mean", "head.bn_out.running_var",
+                                    "head.bn_out.weight", "head.fc.weight"]
+    run = tmp_path / "stage2"
+    train(tiny(dataset, run, "epochs=1", "steps_per_epoch=1", "realness_weight=1.0", f"init={stage1}"),
+          progress=False)
+    with pytest.raises(TrainError, match="neither a weights file nor a run directory"):
+        train(tiny(dataset, tmp_path / "x", f"init={tmp_path / 'empty'}"), progress=False)
+
+
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes_train_one_epoch(dataset, tmp_path):
     # Loader workers are exercised here, in child processes: torch's DataLoader installs a
