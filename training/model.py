@@ -97,9 +97,15 @@ class ResNet(nn.Module):
         layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
+    def stages(self, x) -> list[torch.Tensor]:
+        """Outputs of layer1..layer4 (strides 4, 8, 16, 32)."""
+        out = [self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x)))))]
+        for layer in (self.layer2, self.layer3, self.layer4):
+            out.append(layer(out[-1]))
+        return out
+
     def forward(self, x):
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.stages(x)[-1]
 
 
 _BACKBONES: dict[str, Callable[[], ResNet]] = {
@@ -135,19 +141,22 @@ class EmbeddingHead(nn.Module):
 
 
 class RealnessHead(nn.Module):
-    """Real-vs-fake logit (positive = real) from the trunk's last feature map.
+    """Real-vs-fake logit (positive = real) from layer2..layer4 of the trunk.
 
-    Average pooling sees the face's overall statistics, max pooling the
-    strongest local response (a blending seam, a colour step), so both go in.
+    Blending seams and colour steps are local, mid-level evidence that the
+    identity-pooled last map mostly discards, so the stride-8 and stride-16
+    maps come in too. Average pooling sees each map's overall statistics, max
+    pooling its strongest local response; both go in.
     """
 
-    def __init__(self, channels: int):
+    def __init__(self, stage_channels: list[int]):
         super().__init__()
-        self.bn = nn.BatchNorm1d(2 * channels)
-        self.fc = nn.Linear(2 * channels, 1)
+        width = 2 * sum(stage_channels)
+        self.bn = nn.BatchNorm1d(width)
+        self.fc = nn.Linear(width, 1)
 
-    def forward(self, x):
-        pooled = torch.cat([x.mean((2, 3)), x.amax((2, 3))], 1)
+    def forward(self, maps: list[torch.Tensor]):
+        pooled = torch.cat([p for x in maps for p in (x.mean((2, 3)), x.amax((2, 3)))], 1)
         return self.fc(self.bn(pooled)).squeeze(1)
 
 
@@ -180,7 +189,8 @@ class FaceEmbedder(nn.Module):
         realness = config.realness_weight > 0
         self.head = EmbeddingHead(self.backbone.out_channels, feature_map_size(config.input_size),
                                   config.embedding_dim - int(realness), dropout)
-        self.realness = RealnessHead(self.backbone.out_channels) if realness else None
+        taps = [self.backbone.out_channels // 4, self.backbone.out_channels // 2, self.backbone.out_channels]
+        self.realness = RealnessHead(taps) if realness else None
         # Buffers so they travel with .to() and are folded into the exported graph.
         self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_inv_std", 1.0 / torch.tensor(config.pixel_std).view(1, 3, 1, 1),
@@ -194,9 +204,9 @@ class FaceEmbedder(nn.Module):
 
     def parts(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(unit identity vectors (B, D or D - 1), realness logits (B,) or None)``."""
-        features = self.backbone(self.normalise(images))
-        identity = F.normalize(self.head(features).float(), dim=1)
-        logit = self.realness(features).float() if self.realness is not None else None
+        maps = self.backbone.stages(self.normalise(images))
+        identity = F.normalize(self.head(maps[-1]).float(), dim=1)
+        logit = self.realness(maps[1:]).float() if self.realness is not None else None
         return identity, logit
 
     def combine(self, identity: torch.Tensor, logit: torch.Tensor | None) -> torch.Tensor:
