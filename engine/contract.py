@@ -35,10 +35,14 @@ class ModelConfig:
     crop_fraction: float = 1.0
     embedding_dim: int = 512
     # Weight of the realness coordinate: > 0 means the last of the embedding_dim
-    # outputs is realness_weight * tanh(real-vs-fake logit / 2) (then the whole
-    # vector is L2-normalised), so a fake scores low against a real photo of
-    # the same person even when the identity part matches. 0 = identity only.
+    # outputs is realness_weight * tanh(realness_scale * (logit + realness_bias))
+    # for the model's real-vs-fake logit (then the whole vector is
+    # L2-normalised), so a fake scores low against a real photo of the same
+    # person even when the identity part matches. 0 = identity only. Scale
+    # and bias are calibrated on validation pairs (training.realness).
     realness_weight: float = 0.0
+    realness_scale: float = 0.5
+    realness_bias: float = 0.0
     pixel_mean: tuple[float, float, float] = PIXEL_MEAN
     pixel_std: tuple[float, float, float] = PIXEL_STD
     input_name: str = INPUT_NAME
@@ -62,6 +66,8 @@ class ModelConfig:
         if self.realness_weight < 0 or (self.realness_weight > 0 and self.embedding_dim < 2):
             raise ContractError(f"realness_weight must be >= 0 (and > 0 needs embedding_dim >= 2), "
                                 f"got {self.realness_weight} with embedding_dim {self.embedding_dim}")
+        if not self.realness_scale > 0:
+            raise ContractError(f"realness_scale must be > 0, got {self.realness_scale}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -173,7 +173,8 @@ class FaceEmbedder(nn.Module):
 
     With ``config.realness_weight`` = a > 0 the output is
     ``normalise([identity, a * t])``: a unit identity vector of D - 1 values
-    and the realness coordinate ``t = tanh(logit / 2)`` (+1 real, -1 fake).
+    and the realness coordinate ``t = tanh(scale * (logit + bias))`` (+1 real,
+    -1 fake; training uses scale 1/2, bias 0, i.e. ``2 * sigmoid(logit) - 1``).
     Between two real photos (t = 1) the cosine is ``(s + a^2) / (1 + a^2)``,
     a monotone map of the identity similarity s, so ranking among real pairs
     is unchanged; a fake against a real photo of the same person scores
@@ -209,11 +210,17 @@ class FaceEmbedder(nn.Module):
         logit = self.realness(maps[1:]).float() if self.realness is not None else None
         return identity, logit
 
-    def combine(self, identity: torch.Tensor, logit: torch.Tensor | None) -> torch.Tensor:
-        """The shipped embedding from :meth:`parts`' outputs."""
+    def combine(self, identity: torch.Tensor, logit: torch.Tensor | None, weight: float | None = None,
+                scale: float | None = None, bias: float | None = None) -> torch.Tensor:
+        """The shipped embedding from :meth:`parts`' outputs; ``weight``, ``scale`` and
+        ``bias`` override the config's ``realness_*`` values (for calibration)."""
         if logit is None:
             return identity
-        coordinate = self.config.realness_weight * torch.tanh(0.5 * logit)
+        c = self.config
+        weight = c.realness_weight if weight is None else weight
+        scale = c.realness_scale if scale is None else scale
+        bias = c.realness_bias if bias is None else bias
+        coordinate = weight * torch.tanh(scale * (logit + bias))
         return F.normalize(torch.cat([identity, coordinate[:, None]], 1), dim=1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

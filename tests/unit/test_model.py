@@ -150,11 +150,25 @@ def test_realness_separates_a_fake_from_the_same_identity():
     assert (pair[0] @ pair[1]).item() == pytest.approx((s + a * a) / (1 + a * a), abs=1e-6)
 
 
+def test_realness_scale_and_bias_come_from_the_config_or_the_call():
+    """Calibration moves the logit's operating point: t = tanh(scale * (logit + bias))."""
+    model = get_model(ModelConfig(arch="resnet18", input_size=32, embedding_dim=4, realness_weight=2.0,
+                                  realness_scale=1.5, realness_bias=-0.5))
+    identity = torch.nn.functional.normalize(torch.tensor([[1.0, 2.0, 2.0]] * 2), dim=1)
+    logit = torch.tensor([0.3, -1.2])
+    t = torch.tanh(1.5 * (logit - 0.5))
+    torch.testing.assert_close(model.combine(identity, logit)[:, -1], 2 * t / torch.sqrt(1 + 4 * t * t))
+    t = torch.tanh(0.5 * (logit + 1.0))  # the call's values win over the config's
+    torch.testing.assert_close(model.combine(identity, logit, 1.0, 0.5, 1.0)[:, -1], t / torch.sqrt(1 + t * t))
+
+
 def test_realness_weight_is_validated():
     with pytest.raises(ContractError, match="realness_weight"):
         ModelConfig(realness_weight=-1.0)
     with pytest.raises(ContractError, match="embedding_dim >= 2"):
         ModelConfig(embedding_dim=1, realness_weight=1.0)
+    with pytest.raises(ContractError, match="realness_scale must be > 0"):
+        ModelConfig(realness_scale=0.0)
 
 
 def test_realness_checkpoint_round_trip(tmp_path):

@@ -1,0 +1,90 @@
+"""Calibration of the realness coordinate (training.realness) on a tiny trained run."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from engine.contract import ModelConfig
+from engine.datasets import read_pair_folder
+from test_train import dataset, tiny  # noqa: F401  (module fixture of synthetic train/val folders)
+from training.checkpoint import load_model
+from training.data import PairSet
+from training.realness import best_row, main, sweep
+from training.train import train
+
+
+@pytest.fixture(scope="module")
+def run(dataset, tmp_path_factory):  # noqa: F811
+    out = tmp_path_factory.mktemp("realness") / "run"
+    train(tiny(dataset, out, "epochs=1", "steps_per_epoch=2", "realness_weight=1.0"), progress=False)
+    return out
+
+
+def test_sweep_scores_every_candidate_and_the_identity_reference(dataset, run):  # noqa: F811
+    model = load_model(run)
+    pairset = PairSet(read_pair_folder(dataset / "val"), model.config.input_size,
+                      crop_fraction=model.config.crop_fraction)
+    rows = sweep(model, pairset, weights=(0.0, 1.0, 2.0), scales=(0.5, 1.0), biases=(-1.0, 0.0, 1.0))
+    assert len(rows) == 1 + 2 * 2 * 3
+    assert [r["weight"] for r in rows].count(0.0) == 1
+    assert {(r["weight"], r["scale"], r["bias"]) for r in rows if r["weight"] > 0} == {
+        (w, s, b) for w in (1.0, 2.0) for s in (0.5, 1.0) for b in (-1.0, 0.0, 1.0)}
+    for r in rows:
+        assert 0.0 <= r["eer"] <= 1.0 and 0.0 <= r["eer_fake"] <= 1.0
+    best = best_row(rows)
+    assert best["weight"] > 0 and best["eer"] == min(r["eer"] for r in rows if r["weight"] > 0)
+
+
+def test_best_row_prefers_lower_eer_then_the_gentler_setting():
+    rows = [{"weight": 0.0, "scale": 0.5, "bias": 0.0, "eer": 0.01},  # identity only: never chosen
+            {"weight": 2.0, "scale": 0.5, "bias": 0.0, "eer": 0.1},
+            {"weight": 1.0, "scale": 1.0, "bias": -1.0, "eer": 0.1},
+            {"weight": 1.0, "scale": 1.0, "bias": 0.0, "eer": 0.1},
+            {"weight": 1.0, "scale": 2.0, "bias": 0.0, "eer": 0.2}]
+    assert best_row(rows) is rows[3]
+    with pytest.raises(ValueError, match="no candidate"):
+        best_row(rows[:1])
+
+
+def test_cli_writes_the_best_setting_into_the_run(dataset, run, tmp_path, capsys):  # noqa: F811
+    target = tmp_path / "run"
+    target.mkdir()
+    for f in run.iterdir():
+        if f.is_file():
+            (target / f.name).write_bytes(f.read_bytes())
+    argv = ["--run", str(target), "--pairs", str(dataset / "val"), "--weights", "0,1,2", "--scales", "0.5,1",
+            "--biases", "0,1", "--quiet"]
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    assert "(best)" in table and "(identity only)" in table
+    assert ModelConfig.load(target / "model.json").realness_scale == 0.5  # no --write: untouched
+    assert main(argv + ["--write"]) == 0
+    out = capsys.readouterr().out
+    config = json.loads((target / "model.json").read_text())
+    assert config["realness_weight"] in (1.0, 2.0) and config["realness_scale"] in (0.5, 1.0)
+    assert config["realness_bias"] in (0.0, 1.0) and config["threshold"] is not None
+    assert config["extra"]["realness_calibrated_on"] == str(dataset / "val")
+    assert f"weight={config['realness_weight']:g}" in out
+    assert load_model(target).config.realness_bias == config["realness_bias"]  # weights still load
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--scales", "0"], "--scales: need scales > 0"),
+    (["--weights", "0"], "at least one of them > 0"),
+    (["--biases", "a,b"], "--biases: expected comma-separated numbers"),
+    (["--weights", ","], "--weights: need at least one value"),
+])
+def test_cli_rejects_bad_grids(dataset, run, extra, message, capsys):  # noqa: F811
+    with pytest.raises(SystemExit) as exc:
+        main(["--run", str(run), "--pairs", str(dataset / "val"), *extra])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_cli_names_the_problem_with_the_run_or_the_pairs(dataset, run, tmp_path, capsys):  # noqa: F811
+    assert main(["--run", str(run), "--pairs", str(tmp_path / "nowhere"), "--quiet"]) == 2
+    assert "nowhere" in capsys.readouterr().err
+    plain = tmp_path / "plain"
+    train(tiny(dataset, plain, "epochs=1", "steps_per_epoch=1"), progress=False)
+    assert main(["--run", str(plain), "--pairs", str(dataset / "val"), "--quiet"]) == 2
+    assert "no realness head" in capsys.readouterr().err
