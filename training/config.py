@@ -60,7 +60,8 @@ class TrainConfig:
     crop_fraction: float = 1.0       # centre-crop share of each photo (0.5 for LFW 250x250); goes into model.json
     embedding_dim: int = 512
     dropout: float = 0.0
-    init: str = ""                   # start weights: a run dir / its model.safetensors (fine-tune), or a
+    init: str = ""                   # start weights: a run dir / its model.safetensors / an exported FP32-FP16
+                                     # .onnx (fine-tune), or a
                                      # torchvision-format ResNet state dict (.pth/.pt/.safetensors)
     realness_weight: float = 0.0     # > 0: append the real-vs-fake coordinate to the embedding (model.json)
 

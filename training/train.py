@@ -196,13 +196,23 @@ def build_optimizer(config: TrainConfig, module: nn.Module) -> torch.optim.Optim
     return torch.optim.AdamW(groups, lr=config.lr)
 
 
-def load_init(model: FaceEmbedder, path: str) -> dict:
-    """Initialise from a run (fine-tuning) or a torchvision-format backbone.
+def load_init(model: FaceEmbedder, path: str, sample_images=None) -> dict:
+    """Initialise from a run (fine-tuning), an exported ONNX, or a torchvision-format backbone.
 
     A run directory or its ``model.safetensors`` loads every tensor whose
     name and shape match; the rest (say, a head resized for the realness
     coordinate) keeps its fresh initialisation and is listed as missing.
+    An FP32/FP16 ``.onnx`` from ``python -m convert`` (a shipped model) has its
+    BatchNorms folded: :mod:`training.onnx_init` un-folds them with
+    statistics measured on ``sample_images()`` (a uint8 NHWC batch).
     """
+    if path.endswith(".onnx"):
+        from training.onnx_init import OnnxInitError, load_onnx_weights
+
+        try:
+            return load_onnx_weights(model, path, sample_images())
+        except OnnxInitError as exc:
+            raise TrainError(f"init: {exc}") from None
     if Path(path).is_dir():
         path = str(Path(path) / "model.safetensors")
     try:
@@ -226,6 +236,13 @@ def load_init(model: FaceEmbedder, path: str) -> dict:
         return load_torchvision_backbone(model, state)
     except (ValueError, RuntimeError) as exc:
         raise TrainError(f"init: {path}: {exc}") from None
+
+
+def _real_images(dataset, n: int, seed: int) -> torch.Tensor:
+    """Up to ``n`` un-augmented real training images (uint8 NHWC), a fixed random draw."""
+    real = np.flatnonzero(~dataset.labels.is_fake)
+    pick = np.random.default_rng(seed).choice(real, min(n, len(real)), replace=False)
+    return torch.from_numpy(np.stack([dataset.images[int(i)] for i in np.sort(pick)]))
 
 
 # ----------------------------------------------------------------------------- validation
@@ -340,7 +357,7 @@ def train(config: TrainConfig, resume: bool = False, stop_after_steps: int = 0, 
     # Model (same init on every rank; DDP also broadcasts rank 0's weights)
     embedder = get_model(config.model_config(), dropout=config.dropout)
     if config.init and not resume:
-        report = load_init(embedder, config.init)
+        report = load_init(embedder, config.init, lambda: _real_images(dataset, 256, config.seed))
         if rt.main:
             print(f"init: loaded {config.init} (missing {len(report['missing'])}, "
                   f"unexpected {len(report['unexpected'])} keys)", file=sys.stderr)
