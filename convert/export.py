@@ -116,10 +116,28 @@ def _set_metadata(proto, items: dict[str, str]) -> None:
         entry.key, entry.value = key, value
 
 
+def _drop_unbound_dim_names(proto) -> None:
+    """Clear symbolic dim names that no graph input binds.
+
+    ONNX Runtime plans buffer reuse by shape, and two dims with the same name
+    count as equal. ModelOpt's AutoCast labels every dim it cannot infer
+    ``unk``, so the (B, 511) and (B, 512) halves of the realness embedding
+    looked alike and shared a buffer ("Shape mismatch attempting to re-use
+    buffer"). An unnamed dim is simply unknown.
+    """
+    bound = {d.dim_param for v in proto.graph.input for d in v.type.tensor_type.shape.dim if d.dim_param}
+    for value in list(proto.graph.value_info) + list(proto.graph.output):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param and dim.dim_param not in bound:
+                dim.ClearField("dim_param")
+
+
 def save_onnx(proto, path: str | os.PathLike) -> None:
-    """Write a ModelProto via a temporary name and rename (weights inline, < 2 GB)."""
+    """Write a ModelProto via a temporary name and rename (weights inline, < 2 GB), without
+    unbound dim names (see :func:`_drop_unbound_dim_names`)."""
     import onnx
 
+    _drop_unbound_dim_names(proto)
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     try:

@@ -122,3 +122,22 @@ def test_corrupt_input_is_a_clear_error(tmp_path, calibration):
     with pytest.raises(ContractError, match="model.fp32.onnx"):
         quantize_int8(bad, tmp_path / "model.int8.onnx", calibration, config=CONFIG)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.fp32.onnx"]
+
+
+def test_realness_variants_run_in_onnx_runtime(tmp_path, calibration):
+    """Regression: AutoCast named every dim it could not infer ``unk``, so ONNX Runtime took the
+    (B, 15) identity half and the (B, 16) embedding for one shape and reused a buffer between them."""
+    config = ModelConfig(arch="resnet18", input_size=32, embedding_dim=16, realness_weight=1.0)
+    export_onnx(random_model(config), tmp_path / "raw.onnx")
+    fp32 = tmp_path / "model.fp32.onnx"
+    simplify_onnx(tmp_path / "raw.onnx", fp32, config=config)
+    convert_fp16(fp32, tmp_path / "model.fp16.onnx", calibration, config=config)
+    quantize_int8(fp32, tmp_path / "model.int8.onnx", calibration, config=config)
+    x = face_batch(5, offset=100)
+    reference = embed_onnx(fp32, x)
+    for variant in ("fp16", "int8"):
+        path = tmp_path / f"model.{variant}.onnx"
+        dims = {d.dim_param for v in onnx.load(str(path)).graph.value_info
+                for d in v.type.tensor_type.shape.dim if d.dim_param}
+        assert dims <= {"batch"}
+        assert compare_embeddings(reference, embed_onnx(path, x))["cos_min"] > 0.95
