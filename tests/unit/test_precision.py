@@ -126,7 +126,8 @@ def test_corrupt_input_is_a_clear_error(tmp_path, calibration):
 
 def test_realness_variants_run_in_onnx_runtime(tmp_path, calibration):
     """Regression: AutoCast named every dim it could not infer ``unk``, so ONNX Runtime took the
-    (B, 15) identity half and the (B, 16) embedding for one shape and reused a buffer between them."""
+    (B, 15) identity half and the (B, 16) embedding for one shape and reused a buffer between them.
+    And INT8 leaves the realness head unquantized."""
     config = ModelConfig(arch="resnet18", input_size=32, embedding_dim=16, realness_weight=1.0)
     export_onnx(random_model(config), tmp_path / "raw.onnx")
     fp32 = tmp_path / "model.fp32.onnx"
@@ -140,4 +141,9 @@ def test_realness_variants_run_in_onnx_runtime(tmp_path, calibration):
         dims = {d.dim_param for v in onnx.load(str(path)).graph.value_info
                 for d in v.type.tensor_type.shape.dim if d.dim_param}
         assert dims <= {"batch"}
+        if variant == "int8":  # the realness head stays in high precision (OpenVINO flipped its sign)
+            proto = onnx.load(str(path))
+            made_by = {o: n.op_type for n in proto.graph.node for o in n.output}
+            head = [n for n in proto.graph.node if any(i.startswith("realness.") for i in n.input)]
+            assert head and not any(made_by.get(i) == "DequantizeLinear" for n in head for i in n.input)
         assert compare_embeddings(reference, embed_onnx(path, x))["cos_min"] > 0.95
