@@ -9,7 +9,7 @@ from convert.export import export_onnx
 from convert.simplify import simplify_onnx
 from engine.contract import ModelConfig
 from test_train import dataset, tiny  # noqa: F401  (module fixture of synthetic train/val folders)
-from tiny_model import quantize_int8, random_model
+from tiny_model import random_model
 from training.model import get_model
 from training.onnx_init import OnnxInitError, _folded_pairs, load_onnx_weights
 from training.train import TrainError, train
@@ -69,7 +69,11 @@ def test_files_that_cannot_seed_the_model_are_named(folded, tmp_path):
     bad.write_bytes(b"not onnx")
     with pytest.raises(OnnxInitError, match="bad.onnx: not a readable ONNX file"):
         load_onnx_weights(get_model(CONFIG), str(bad), images(4, 1))
-    int8 = quantize_int8(path, tmp_path / "model.int8.onnx", 32)
+    pytest.importorskip("modelopt.onnx.quantization", reason="ModelOpt's ONNX tools: pip install -e '.[convert]'")
+    from convert.precision import quantize_int8
+
+    int8 = tmp_path / "model.int8.onnx"
+    quantize_int8(path, int8, images(16, 1).numpy(), config=CONFIG)
     with pytest.raises(OnnxInitError, match="INT8 file holds quantised weights"):
         load_onnx_weights(get_model(CONFIG), str(int8), images(4, 1))
     with pytest.raises(OnnxInitError, match=r"not the trunk of this resnet50 \(backbone\.layer1\.0\.conv1\.weight is "):
