@@ -153,7 +153,7 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: n
     size = config.input_size
     # The realness head (BN + a 1792->1 linear) costs nothing in FP32, and its one
     # output decides real vs fake: kept out of INT8, where OpenVINO's fused kernels
-    # flipped the coordinate of 6 % of test images.
+    # flipped the coordinate of 15 of 256 test images.
     keep = [re.escape(n.name) for n in onnx.load(str(src), load_external_data=False).graph.node
             if any(i.startswith("realness.") for i in n.input)]
     with tempfile.TemporaryDirectory(prefix="int8-") as work:

@@ -60,9 +60,8 @@ class TrainConfig:
     crop_fraction: float = 1.0       # centre-crop share of each photo (0.5 for LFW 250x250); goes into model.json
     embedding_dim: int = 512
     dropout: float = 0.0
-    init: str = ""                   # start weights: a run dir / its model.safetensors / an exported FP32-FP16
-                                     # .onnx (fine-tune), or a
-                                     # torchvision-format ResNet state dict (.pth/.pt/.safetensors)
+    init: str = ""                   # start weights (fine-tune): a run dir / its model.safetensors, an exported
+                                     # FP32/FP16 .onnx, or a torchvision ResNet state dict (.pth/.pt/.safetensors)
     realness_weight: float = 0.0     # > 0: append the real-vs-fake coordinate to the embedding (model.json)
 
     # Batches: P identities x K images, a share of each identity's K being its fakes

@@ -67,9 +67,6 @@ def load_onnx_weights(model: nn.Module, path: str, images: torch.Tensor) -> dict
     An INT8 Q/DQ file holds quantised weights: use the FP32 or FP16 one.
     """
     weights = read_initializers(path)
-    if not any(k.startswith("backbone.") for k in weights):
-        raise OnnxInitError(f"{path}: no backbone.* weights; expected an FP32/FP16 ONNX exported by "
-                            f"python -m convert (an INT8 file holds quantised weights)")
     own = model.state_dict()
     loaded: set[str] = set()
     for key, value in weights.items():
