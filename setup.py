@@ -8,7 +8,8 @@ setup(
     "ONNX/TensorRT conversion and a fast runtime",
     python_requires=">=3.10",
     packages=["training", "convert", "engine", "engine.backends", "bench"],
-    package_data={"engine": ["models/*.onnx", "models/*.json", "models/*.md"]},
+    package_data={"engine": ["models/*.onnx", "models/*.json", "models/*.md",
+                             "models/detector/*.onnx", "models/detector/*.md"]},
     install_requires=[
         # CPU wheel: .ci/run installs torch==2.13.0 first so this range installs nothing more.
         "torch>=2.8",
@@ -30,6 +31,8 @@ setup(
                     # the CPU part of ModelOpt's [onnx] extra; onnxscript is also torch's ONNX exporter
                     "onnxscript", "polygraphy>=0.53.4", "lief"],
         "cuda": ["cuda-python>=12.3"],
+        # Only to remake the shipped detector ONNX (python -m convert.detector), never at run time.
+        "detector": ["tflite2onnx>=0.4.1"],
         "dev": ["pytest>=8", "pytest-benchmark>=4", "scikit-learn>=1.3"],
     },
 )

@@ -126,13 +126,13 @@ def convert_checkpoint(checkpoint, out, *, precision=DEFAULT_PRECISIONS, engine:
             rows = [rows[i] for i in keep]
         _log(f"reading {len(rows)} calibration images from {calib_root}", quiet)
         calibration = load_calibration_images(rows, calib_root, size, crop_fraction=config.crop_fraction,
-                                              progress=not quiet)
+                                              progress=not quiet, config=config)
 
     pairs = None
     if val_pairs:
         _log(f"reading validation pairs {val_pairs}", quiet)
         pairs = gate.load_validation_pairs(val_pairs, size, crop_fraction=config.crop_fraction, limit=val_limit,
-                                           progress=not quiet)
+                                           progress=not quiet, config=config)
 
     if pairs is not None:
         eval_images, eval_source = pairs.images[:gate_images], f"validation pairs {val_pairs}"

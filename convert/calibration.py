@@ -180,14 +180,18 @@ def read_manifest(path: str | os.PathLike) -> list[CalibrationImage]:
 
 def load_calibration_images(rows: list[CalibrationImage], root: str | os.PathLike, size: int, *,
                             crop_fraction: float = 1.0, limit: int | None = None,
-                            progress: bool = True) -> np.ndarray:
+                            progress: bool = True, config=None) -> np.ndarray:
     """Read manifest images through the shared preprocessing: uint8 (N, size, size, 3) RGB.
 
-    ``size`` and ``crop_fraction`` come from the model's ``model.json``, so
-    calibration sees exactly the pixels training and deployment see.
+    ``config`` (the model's ``model.json``: alignment, or ``crop_fraction``
+    when it is absent) makes calibration see exactly the pixels training and
+    deployment see.
     """
+    from engine.contract import ModelConfig
     from engine.datasets import safe_join
-    from engine.preprocess import load_image
+    from engine.preprocess import Preprocessor
+
+    pre = Preprocessor(config or ModelConfig(input_size=size, crop_fraction=crop_fraction), size=size)
 
     root = Path(root)
     if not root.is_dir():
@@ -202,7 +206,7 @@ def load_calibration_images(rows: list[CalibrationImage], root: str | os.PathLik
 
         it = tqdm(rows, desc="calibration images", unit="img", leave=False)
     for i, r in enumerate(it):
-        out[i] = load_image(safe_join(root, r.path, "calibration manifest"), size, crop_fraction)
+        out[i] = pre.load(safe_join(root, r.path, "calibration manifest")).image
     return out
 
 

@@ -101,15 +101,17 @@ class ValidationPairs:
 
 
 def load_validation_pairs(folder: str | os.PathLike, size: int, *, crop_fraction: float = 1.0,
-                          limit: int | None = None, progress: bool = True) -> ValidationPairs:
+                          limit: int | None = None, progress: bool = True, config=None) -> ValidationPairs:
     """Read a labelled pair folder (``images/<pair_id>/{0,1}.jpg`` + ``pairs.csv``).
 
-    Images go through :func:`engine.preprocess.load_image` with the model's
-    ``size`` and ``crop_fraction``, as in deployment.
+    Images go through :class:`engine.preprocess.Preprocessor` with the
+    model's ``config`` (alignment; ``crop_fraction`` without one), as in deployment.
     """
+    from engine.contract import ModelConfig
     from engine.datasets import DataError, read_pair_folder
-    from engine.preprocess import load_image
+    from engine.preprocess import Preprocessor
 
+    pre = Preprocessor(config or ModelConfig(input_size=size, crop_fraction=crop_fraction), size=size)
     pairs = read_pair_folder(folder)
     if limit:
         pairs = pairs[:limit]
@@ -130,7 +132,7 @@ def load_validation_pairs(folder: str | os.PathLike, size: int, *, crop_fraction
 
         it = tqdm(paths, desc="validation images", unit="img", leave=False)
     for i, path in enumerate(it):
-        images[i] = load_image(path, size, crop_fraction)
+        images[i] = pre.load(path).image
     return ValidationPairs(images, [index[str(p.path_a)] for p in pairs], [index[str(p.path_b)] for p in pairs],
                            labels, [p.type for p in pairs], [p.attack for p in pairs], str(folder))
 

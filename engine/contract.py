@@ -31,8 +31,21 @@ class ModelConfig:
 
     arch: str = "resnet34"
     input_size: int = 112
-    # Share of the image's short side kept by the centre crop (engine.preprocess).
+    # Share of the image's short side kept by the centre crop (engine.preprocess),
+    # used when align is "none".
     crop_fraction: float = 1.0
+    # How a photo becomes the model's input (engine.preprocess.Preprocessor):
+    # "face" = detect the face (detector, a file in engine/models/detector/) and
+    # warp its eyes, nose and mouth onto template (a name in engine.align.TEMPLATES
+    # or 4 (x, y) points at 112 px), widened by margin; "none" = centre crop
+    # (already aligned crops, and models made before detection existed).
+    align: str = "none"
+    detector: str = "blazeface_full_range"
+    template: str | list = "arcface"
+    margin: float = 0.0
+    # Faces whose eye-to-mouth span is below this many source pixels get a
+    # warning that the decision is unreliable (measured in the README).
+    min_face: float = 16.0
     embedding_dim: int = 512
     # Weight of the realness coordinate: > 0 means the last of the embedding_dim
     # outputs is realness_weight * tanh(realness_scale * (logit + realness_bias))
@@ -61,6 +74,17 @@ class ModelConfig:
             raise ContractError(f"input_size must be >= 32 and a multiple of 16, got {self.input_size}")
         if not 0.0 < self.crop_fraction <= 1.0:
             raise ContractError(f"crop_fraction must be in (0, 1], got {self.crop_fraction}")
+        if self.align not in ("none", "face"):
+            raise ContractError(f"align must be 'none' or 'face', got {self.align!r}")
+        if self.align == "face":
+            from engine.align import template_points
+
+            try:
+                template_points(self.template, self.input_size, self.margin)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ContractError(f"template/margin: {exc}") from None
+        if not (isinstance(self.min_face, (int, float)) and self.min_face >= 0):
+            raise ContractError(f"min_face must be a number >= 0, got {self.min_face!r}")
         if self.embedding_dim < 1:
             raise ContractError(f"embedding_dim must be positive, got {self.embedding_dim}")
         if self.realness_weight < 0 or (self.realness_weight > 0 and self.embedding_dim < 2):

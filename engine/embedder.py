@@ -26,7 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from engine.backends.base import Backend
-from engine.preprocess import ImageError, load_image
+from engine.preprocess import ImageError, Preprocessor
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,8 @@ class EmbedResult:
     seconds: float = 0.0  # wall time of the whole call
     n_embedded: int = 0  # distinct images run through the backend
     n_cached: int = 0  # distinct images taken from the cache
+    faces: dict = field(default_factory=dict)  # path -> detection info (faces found, box, score), when aligning
+    warnings: list[str] = field(default_factory=list)  # several faces, small faces
 
 
 def default_workers() -> int:
@@ -141,8 +143,11 @@ class EmbeddingCache:
 
 def model_fingerprint(backend: Backend) -> dict:
     """What makes embeddings reusable: backend, precision, contract and the model file's identity."""
+    cfg = backend.config
     key = {"backend": backend.name, "precision": backend.precision, "input_size": backend.input_size,
            "crop_fraction": backend.crop_fraction, "embedding_dim": backend.embedding_dim, "model": None}
+    if cfg is not None and cfg.align != "none":
+        key["align"] = [cfg.align, cfg.detector, cfg.template, cfg.margin]
     path = backend.model_path
     if path is not None:
         target = path / "model.safetensors" if path.is_dir() else path
@@ -171,14 +176,19 @@ class Embedder:
         self.progress = progress
         self.prefetch = max(0, prefetch)
         self.cache = EmbeddingCache(cache_dir, model_fingerprint(backend), backend.embedding_dim) if cache_dir else None
+        self.preprocessor = Preprocessor(backend.config, size=backend.input_size)
+        self._info: dict[Path, tuple[dict, list[str]]] = {}
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="decode")
         size = backend.input_size
         self._buffers = [np.empty((self.batch_size, size, size, 3), np.uint8) for _ in range(self.prefetch + 1)]
 
     def _load_into(self, buf: np.ndarray, row: int, path: Path) -> str | None:
-        """Decode + preprocess one file into ``buf[row]``; the failure reason, or None."""
+        """Decode + detect + align one file into ``buf[row]``; the failure reason, or None."""
         try:
-            buf[row] = load_image(path, self.backend.input_size, self.backend.crop_fraction)
+            prepared = self.preprocessor.load(path)
+            buf[row] = prepared.image
+            if prepared.face is not None:
+                self._info[path] = (prepared.info(), prepared.warnings)
             return None
         except ImageError as exc:
             text = str(exc)
@@ -245,17 +255,21 @@ class Embedder:
             bar.close()
             if self.cache is not None:
                 self.cache.save()
+        faces = {p: self._info[p][0] for p in unique if p in self._info}
+        warnings = [w for p in unique if p in self._info for w in self._info[p][1]]
         out = np.full((len(paths), dim), np.nan, dtype=np.float32)
         ok = np.zeros(len(paths), dtype=bool)
         for i, p in enumerate(paths):
             emb = found.get(p)
             if emb is not None:
                 out[i], ok[i] = emb, True
-        return EmbedResult(out, ok, failures, time.perf_counter() - start, len(todo) - len(failures), n_cached)
+        return EmbedResult(out, ok, failures, time.perf_counter() - start, len(todo) - len(failures), n_cached,
+                           faces, warnings)
 
     def close(self) -> None:
         """Stop the decode threads and close the backend."""
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self.preprocessor.close()
         self.backend.close()
 
     def __enter__(self):

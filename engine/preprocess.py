@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import os
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -108,15 +110,112 @@ def preprocess(rgb: np.ndarray, size: int = DEFAULT_SIZE, source: str = "<array>
     return cv2.resize(crop, (size, size), interpolation=interp)
 
 
-def load_image(path: str | os.PathLike, size: int = DEFAULT_SIZE, crop_fraction: float = 1.0) -> np.ndarray:
-    """Read, decode and preprocess one file: uint8 RGB (size, size, 3)."""
+def read_file(path: str | os.PathLike) -> bytes:
+    """A file's bytes; a missing file or a folder is an :class:`ImageError` naming it."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise ImageError(f"{path}: is a directory, not an image") from None
     except OSError as exc:
         raise ImageError(f"{path}: cannot read ({exc.strerror})") from None
-    return preprocess(decode(data, str(path)), size, str(path), crop_fraction)
+
+
+def load_image(path: str | os.PathLike, size: int = DEFAULT_SIZE, crop_fraction: float = 1.0) -> np.ndarray:
+    """Read, decode and centre-crop one file: uint8 RGB (size, size, 3) (the ``align: none`` contract)."""
+    return preprocess(decode(read_file(path), str(path)), size, str(path), crop_fraction)
+
+
+class NoFaceError(ImageError):
+    """The detector found no face in an image."""
+
+
+@dataclass
+class Prepared:
+    """A model input and what the detector saw (``face`` None when alignment is off)."""
+
+    image: np.ndarray
+    face: object = None  # engine.detect.Face
+    faces: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def info(self) -> dict:
+        return {"faces": self.faces, **({"face": self.face.to_dict()} if self.face is not None else {})}
+
+
+def main_face(faces: list, shape: tuple) -> object:
+    """The face a photo is about: among faces at least half the largest's size, the most central.
+
+    Plain "largest" picks a bystander's face in news photos (LFW) as often as
+    the subject's; a tiny central face in a crowd still loses to a big one.
+    """
+    big = max(f.size for f in faces)
+    centre = np.array([shape[1] / 2, shape[0] / 2])
+    near = [f for f in faces if f.size >= 0.5 * big]
+    return min(near, key=lambda f: float(np.linalg.norm(
+        np.array([(f.box[0] + f.box[2]) / 2, (f.box[1] + f.box[3]) / 2]) - centre)))
+
+
+class Preprocessor:
+    """The one way a photo becomes a model input, as the model's ``model.json`` says.
+
+    ``align: face``: detect, keep the main face (:func:`main_face`; a
+    warning names the count when there are several), warp it onto the
+    template; no face is a :class:`NoFaceError`, a face smaller than
+    ``min_face`` a warning. ``align: none``: centre crop. Safe to share
+    between decode threads; the detector opens on first use.
+    """
+
+    def __init__(self, config=None, size: int | None = None, detector=None):
+        from engine.contract import ModelConfig
+
+        self.config = config if config is not None else ModelConfig(input_size=size or DEFAULT_SIZE)
+        self.size = int(size or self.config.input_size)
+        self._detector = detector
+        self._lock = threading.Lock()
+
+    @property
+    def detector(self):
+        with self._lock:
+            if self._detector is None:
+                from engine.detect import open_detector
+
+                self._detector = open_detector(self.config.detector)
+            return self._detector
+
+    def prepare(self, rgb: np.ndarray, source: str = "<array>") -> Prepared:
+        cfg = self.config
+        if cfg.align == "none":
+            return Prepared(preprocess(rgb, self.size, source, cfg.crop_fraction))
+        from engine.align import align_face
+
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise ImageError(f"{source}: expected uint8 HxWx3 RGB, got {rgb.dtype} {rgb.shape}")
+        if min(rgb.shape[:2]) < MIN_SOURCE_SIDE:
+            raise ImageError(f"{source}: image is {rgb.shape[1]}x{rgb.shape[0]}, smaller than {MIN_SOURCE_SIDE}px on a side")
+        faces = self.detector.detect(rgb)
+        if not faces:
+            raise NoFaceError(f"{source}: no face found")
+        face = main_face(faces, rgb.shape)
+        if not face.upright:
+            raise NoFaceError(f"{source}: no upright face found (the detected face's eyes and mouth do not line "
+                              f"up: rotated by more than ~45 degrees, or not a face)")
+        warnings = []
+        if len(faces) > 1:
+            warnings.append(f"{source}: {len(faces)} faces found, using the most central large one")
+        if face.size < cfg.min_face:
+            warnings.append(f"{source}: face is small ({face.size:.0f} px eye-to-mouth, under {cfg.min_face:g}): "
+                            f"the decision is unreliable")
+        crop = align_face(rgb, face.keypoints, self.size, cfg.template, cfg.margin)
+        return Prepared(crop, face, len(faces), warnings)
+
+    def load(self, path: str | os.PathLike) -> Prepared:
+        """Read, decode and prepare one file."""
+        return self.prepare(decode(read_file(path), str(path)), str(path))
+
+    def close(self) -> None:
+        if self._detector is not None:
+            self._detector.close()
+            self._detector = None

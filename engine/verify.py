@@ -122,10 +122,16 @@ def _two_images(embedder, image_a, image_b, thr, json_output) -> int:
     res = embedder.embed_paths([image_a, image_b], desc="images")
     if res.failures:
         raise ValueError("; ".join(str(f) for f in res.failures))
+    for warning in res.warnings:
+        _err(f"warning: {warning}")
     sim = float(cosine(res.embeddings[:1], res.embeddings[1:])[0])
     match = None if thr is None else bool(sim >= thr)
     info = {"similarity": sim, "match": match, "threshold": thr, **_describe(embedder.backend),
             "image_a": str(image_a), "image_b": str(image_b)}
+    if res.faces:
+        info["detection"] = {"image_a": res.faces.get(Path(image_a)), "image_b": res.faces.get(Path(image_b))}
+    if res.warnings:
+        info["warnings"] = res.warnings
     if json_output:
         print(json.dumps(info))
     else:
@@ -179,13 +185,15 @@ def _pair_job(embedder, job, mode, out, report, thr, json_output, bootstrap) -> 
     seconds = time.perf_counter() - start
     for failure in res.failures:
         _err(f"skipped image {failure}")
+    for warning in res.warnings:
+        _err(f"warning: {warning}")
     n_failed = int((~scored).sum())
     if n_failed:
         _err(f"{n_failed} of {len(job)} pairs have an unusable image"
              + (f"; they get similarity {FAILED_PAIR_SCORE} in the submission" if out else "")
              + ("; left out of the evaluation" if job[0].label is not None else ""))
     summary = {"pairs": len(job), "pairs_scored": int(scored.sum()), "images": res.n_embedded + res.n_cached,
-               "images_failed": len(res.failures), "images_cached": res.n_cached,
+               "images_failed": len(res.failures), "images_cached": res.n_cached, "warnings": len(res.warnings),
                "seconds": round(seconds, 3),
                "pairs_per_s": round(len(job) / seconds, 1) if seconds > 0 else None,
                "images_per_s": round(res.n_embedded / res.seconds, 1) if res.n_embedded and res.seconds > 0 else None,

@@ -16,7 +16,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from engine.datasets import Pair, Sample
-from engine.preprocess import load_image
+from engine.contract import ModelConfig
+from engine.preprocess import Preprocessor
 from training.augment import augment
 from training.config import AugmentConfig
 
@@ -61,10 +62,11 @@ def sample_key(sample: Sample, images_root: str | Path | None = None) -> str:
 class ImageCache:
     """Preprocessed uint8 images by index, decoded on first use and kept in RAM."""
 
-    def __init__(self, paths: Sequence[str | Path], size: int, enabled: bool = True, crop_fraction: float = 1.0):
+    def __init__(self, paths: Sequence[str | Path], size: int, enabled: bool = True, crop_fraction: float = 1.0,
+                 preprocessor: Preprocessor | None = None):
         self.paths = [Path(p) for p in paths]
         self.size = size
-        self.crop_fraction = crop_fraction
+        self.preprocessor = preprocessor or Preprocessor(ModelConfig(input_size=size, crop_fraction=crop_fraction))
         self.enabled = enabled
         self._images = np.zeros((len(self.paths), size, size, 3), np.uint8) if enabled else None
         self._filled = np.zeros(len(self.paths), bool)
@@ -74,9 +76,9 @@ class ImageCache:
 
     def __getitem__(self, i: int) -> np.ndarray:
         if not self.enabled:
-            return load_image(self.paths[i], self.size, self.crop_fraction)
+            return self.preprocessor.load(self.paths[i]).image
         if not self._filled[i]:
-            self._images[i] = load_image(self.paths[i], self.size, self.crop_fraction)
+            self._images[i] = self.preprocessor.load(self.paths[i]).image
             self._filled[i] = True
         return self._images[i]
 

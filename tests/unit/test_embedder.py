@@ -39,14 +39,14 @@ def reference(faces):
 
 
 def test_order_is_kept_with_many_workers_and_scrambled_decode_times(faces, reference, monkeypatch):
-    real = embedder_module.load_image
+    real = embedder_module.Preprocessor.load
     rng = random.Random(0)
 
-    def slow_random(path, size, crop_fraction=1.0):  # later images often finish first
+    def slow_random(self, path):  # later images often finish first
         time.sleep(rng.uniform(0, 0.01))
-        return real(path, size, crop_fraction)
+        return real(self, path)
 
-    monkeypatch.setattr(embedder_module, "load_image", slow_random)
+    monkeypatch.setattr(embedder_module.Preprocessor, "load", slow_random)
     with Embedder(backend(), workers=4, batch_size=4, prefetch=2, progress=False) as emb:
         res = emb.embed_paths(faces)
     assert res.ok.all() and res.failures == []

@@ -1,0 +1,183 @@
+"""Detection + alignment: the transform exactly, the template, and the detector on real faces (LFW)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from engine.align import ARCFACE, REFERENCE_SIZE, align_face, similarity_transform, template_points
+from engine.contract import ContractError, ModelConfig
+from engine.detect import open_detector
+from engine.preprocess import NoFaceError, Preprocessor, decode
+
+from conftest import REPO
+
+ALIGNED = ModelConfig(input_size=112, align="face", template="arcface")
+
+
+def _lfw(face_data, name="George_W_Bush", k=1):
+    return face_data / "lfw-deepfunneled" / name / f"{name}_{k:04d}.jpg"
+
+
+def test_similarity_transform_recovers_a_known_similarity():
+    src = np.array([[10.0, 20.0], [50.0, 22.0], [30.0, 45.0], [31.0, 70.0]])
+    angle, scale, shift = np.deg2rad(25), 1.7, np.array([5.0, -3.0])
+    rot = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    m = similarity_transform(src, src @ rot.T + shift)
+    np.testing.assert_allclose(m[:, :2], rot, atol=1e-12)
+    np.testing.assert_allclose(m[:, 2], shift, atol=1e-10)
+
+
+def test_similarity_transform_round_trip_and_no_reflection():
+    rng = np.random.default_rng(0)
+    src = rng.uniform(0, 100, (4, 2))
+    dst = src @ np.array([[0.8, -0.6], [0.6, 0.8]]).T * 0.5 + [7.0, 11.0]
+    fwd, back = similarity_transform(src, dst), similarity_transform(dst, src)
+    full = np.vstack([fwd, [0, 0, 1]]) @ np.vstack([back, [0, 0, 1]])
+    np.testing.assert_allclose(full, np.eye(3), atol=1e-9)
+    # A mirrored point set still gets a rotation (det > 0), never a flip.
+    assert np.linalg.det(similarity_transform(src, src * [-1, 1])[:, :2]) > 0
+
+
+def test_similarity_transform_refuses_coincident_points():
+    with pytest.raises(ValueError, match="coincide"):
+        similarity_transform(np.ones((4, 2)), np.zeros((4, 2)))
+
+
+def test_template_scales_with_input_size_and_margin():
+    np.testing.assert_allclose(template_points("arcface", REFERENCE_SIZE), ARCFACE)
+    np.testing.assert_allclose(template_points("arcface", 224), np.array(ARCFACE) * 2)
+    wide = template_points("arcface", 112, margin=1.0)  # twice the field of view: face half the size
+    np.testing.assert_allclose(wide - 56, (np.array(ARCFACE) - 56) / 2)
+    with pytest.raises(ValueError, match="unknown template"):
+        template_points("nope", 112)
+
+
+def test_align_face_puts_keypoints_on_the_template():
+    """Draw dots at known points, warp, and find them where the template says."""
+    img = np.zeros((300, 400, 3), np.uint8)
+    kps = np.array([[150.0, 120.0], [230.0, 110.0], [195.0, 160.0], [200.0, 200.0]])
+    for x, y in kps:
+        cv2.circle(img, (int(x), int(y)), 3, (255, 255, 255), -1)
+    crop = align_face(img, kps, 112, "arcface")
+    target = template_points("arcface", 112)
+    for (x, y) in target:
+        assert crop[int(round(y)), int(round(x))].min() > 200
+
+
+def test_model_json_refuses_bad_alignment_fields():
+    with pytest.raises(ContractError, match="align"):
+        ModelConfig(align="yes")
+    with pytest.raises(ContractError, match="template"):
+        ModelConfig(align="face", template="nope")
+    with pytest.raises(ContractError, match="template"):
+        ModelConfig(align="face", template=[[1, 2], [3, 4]])
+
+
+def test_noise_has_no_face():
+    rng = np.random.default_rng(0)
+    with pytest.raises(NoFaceError, match="no face found"):
+        Preprocessor(ALIGNED).prepare(rng.integers(0, 256, (250, 250, 3), dtype=np.uint8), "noise.png")
+
+
+def test_detector_finds_lfw_faces_with_keypoints_in_place(face_data):
+    files = sorted((face_data / "lfw-deepfunneled").glob("A*/*.jpg"))[:50]
+    detector = open_detector(backend="onnxruntime")
+    try:
+        found = [detector.detect(decode(f.read_bytes(), str(f))) for f in files]
+    finally:
+        detector.close()
+    assert all(found), [str(f) for f, r in zip(files, found) if not r]
+    kp = np.array([r[0].keypoints for r in found])  # deep-funneled: faces at the centre, eyes level
+    assert np.all((kp[:, 0, 0] < kp[:, 1, 0]) & (kp[:, 3, 1] > kp[:, 0, 1]))
+    assert np.abs(kp[:, :4].mean(0) - [[105, 113], [147, 113], [126, 138], [126, 160]]).max() < 8
+
+
+def test_openvino_and_onnxruntime_detect_the_same(face_data):
+    pytest.importorskip("openvino")
+    rgb = decode(_lfw(face_data).read_bytes())
+    a, b = open_detector(backend="onnxruntime"), open_detector(backend="openvino")
+    try:
+        fa, fb = a.detect(rgb)[0], b.detect(rgb)[0]
+    finally:
+        a.close(), b.close()
+    assert np.abs(fa.keypoints - fb.keypoints).max() < 0.05
+
+
+def test_batched_detection_equals_single(face_data):
+    files = sorted((face_data / "lfw-deepfunneled").glob("B*/*.jpg"))[:8]
+    images = [decode(f.read_bytes()) for f in files]
+    detector = open_detector(backend="onnxruntime")
+    try:
+        batch = detector.detect_batch(images)
+        single = [detector.detect(i) for i in images]
+    finally:
+        detector.close()
+    for b, s in zip(batch, single):
+        np.testing.assert_allclose(b[0].keypoints, s[0].keypoints, atol=1e-4)
+
+
+def test_padded_photo_aligns_to_the_same_crop(face_data):
+    rgb = decode(_lfw(face_data).read_bytes())
+    padded = cv2.copyMakeBorder(rgb, 300, 300, 300, 300, cv2.BORDER_CONSTANT, value=(128, 128, 128))
+    pre = Preprocessor(ALIGNED)
+    a, b = pre.prepare(rgb).image.astype(float), pre.prepare(padded).image.astype(float)
+    # Measured 8.3 grey levels (keypoints from a 3.4x smaller detector view); another face gives ~40.
+    assert np.abs(a - b).mean() < 12
+
+
+def test_small_face_warns_and_several_faces_take_the_largest(face_data):
+    rgb = decode(_lfw(face_data).read_bytes())
+    pre = Preprocessor(ALIGNED)
+    small = pre.prepare(cv2.resize(rgb, (60, 60), interpolation=cv2.INTER_AREA), "small.jpg")
+    assert any("face is small" in w for w in small.warnings)
+    two = np.zeros((300, 600, 3), np.uint8)
+    two[25:275, 0:250] = rgb
+    two[100:225, 400:525] = cv2.resize(rgb, (125, 125), interpolation=cv2.INTER_AREA)
+    got = pre.prepare(two, "two.jpg")
+    assert got.faces == 2 and any("2 faces" in w for w in got.warnings)
+    assert got.face.box[0] < 250  # the big one on the left (the small one is under half its size)
+
+
+def test_rotated_face_is_reported_not_misaligned(face_data):
+    rgb = decode(_lfw(face_data).read_bytes())
+    with pytest.raises(NoFaceError, match="no (upright )?face found"):
+        Preprocessor(ALIGNED).prepare(np.ascontiguousarray(np.rot90(rgb, -1)), "rot.jpg")
+
+
+def test_training_calibration_and_runtime_crops_are_byte_identical(face_data, tmp_path):
+    """The loader, calibration, the gate and the Embedder all go through Preprocessor.load."""
+    from convert.calibration import load_calibration_images
+    from training.data import ImageCache
+
+    path = _lfw(face_data)
+    runtime = Preprocessor(ALIGNED).load(path).image
+    train = ImageCache([str(path)], 112, enabled=False, preprocessor=Preprocessor(ALIGNED))[0]
+    root = path.parents[1]
+    rows = [type("Row", (), {"path": f"{path.parent.name}/{path.name}"})()]
+    calib = load_calibration_images(rows, root, 112, config=ALIGNED)[0]
+    assert np.array_equal(runtime, train) and np.array_equal(runtime, calib)
+
+
+def _verify(*args):
+    proc = subprocess.run([sys.executable, "-m", "engine.verify", *map(str, args), "--json", "--no-progress"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    return proc.returncode, json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
+
+
+def test_cli_noise_exits_2_and_padded_photo_matches(face_data, tmp_path):
+    rng = np.random.default_rng(1)
+    for name in ("n1.png", "n2.png"):
+        cv2.imwrite(str(tmp_path / name), rng.integers(0, 256, (250, 250, 3), dtype=np.uint8))
+    code, out, _ = _verify(tmp_path / "n1.png", tmp_path / "n2.png")
+    assert code == 2 and "no face found" in out["error"]
+    src = _lfw(face_data)
+    padded = tmp_path / "padded.jpg"
+    cv2.imwrite(str(padded), cv2.copyMakeBorder(cv2.imread(str(src)), 300, 300, 300, 300,
+                                                cv2.BORDER_CONSTANT, value=(128, 128, 128)))
+    code, out, _ = _verify(src, padded)
+    assert code == 0 and out["match"] is True and out["detection"]["image_b"]["faces"] == 1
