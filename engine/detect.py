@@ -162,7 +162,11 @@ def detector_path(name: str = DEFAULT_DETECTOR) -> Path:
 
 def open_detector(name: str = DEFAULT_DETECTOR, backend: str = "auto", threads: int | None = None,
                   max_batch: int = 32, **kwargs) -> FaceDetector:
-    """Open a shipped detector on the CPU backend (OpenVINO if installed, else ONNX Runtime) or TensorRT.
+    """Open a shipped detector: ONNX Runtime on the CPU (``auto``), OpenVINO, or TensorRT.
+
+    ``auto`` takes ONNX Runtime on the CPU: measured on the 2-core EPYC,
+    it opens in 0.07 s against OpenVINO's 0.95 s compile, at the same speed
+    (2.5 vs 2.9 ms/img, one thread), and a two-image call pays the opening.
 
     ``backend="tensorrt"`` expects ``<name>.plan`` (+ sidecar) beside the ONNX
     file, built with ``python -m convert.tensorrt_build``.
@@ -175,9 +179,7 @@ def open_detector(name: str = DEFAULT_DETECTOR, backend: str = "auto", threads: 
                            f"{', '.join(sorted(p.stem for p in DETECTOR_DIR.glob('*.onnx'))) or 'none'})")
     size, dim = _io_shape(path)
     if backend == "auto":
-        import importlib.util
-
-        backend = "openvino" if importlib.util.find_spec("openvino") else "onnxruntime"
+        backend = "onnxruntime"
     if backend == "tensorrt":
         from engine.backends.tensorrt_backend import TensorRTBackend
 

@@ -165,7 +165,9 @@ class Preprocessor:
     warning names the count when there are several), warp it onto the
     template; no face is a :class:`NoFaceError`, a face smaller than
     ``min_face`` a warning. ``align: none``: centre crop. Safe to share
-    between decode threads; the detector opens on first use.
+    between decode threads: each thread opens its own single-threaded
+    detector on first use (a backend serves one thread at a time), so the
+    decode threads detect in parallel.
     """
 
     def __init__(self, config=None, size: int | None = None, detector=None):
@@ -173,17 +175,23 @@ class Preprocessor:
 
         self.config = config if config is not None else ModelConfig(input_size=size or DEFAULT_SIZE)
         self.size = int(size or self.config.input_size)
-        self._detector = detector
+        self._given = detector
+        self._local = threading.local()
+        self._opened: list = []
         self._lock = threading.Lock()
 
     @property
     def detector(self):
-        with self._lock:
-            if self._detector is None:
-                from engine.detect import open_detector
+        if self._given is not None:
+            return self._given
+        det = getattr(self._local, "detector", None)
+        if det is None:
+            from engine.detect import open_detector
 
-                self._detector = open_detector(self.config.detector)
-            return self._detector
+            det = self._local.detector = open_detector(self.config.detector, threads=1)
+            with self._lock:
+                self._opened.append(det)
+        return det
 
     def prepare(self, rgb: np.ndarray, source: str = "<array>") -> Prepared:
         cfg = self.config
@@ -216,6 +224,9 @@ class Preprocessor:
         return self.prepare(decode(read_file(path), str(path)), str(path))
 
     def close(self) -> None:
-        if self._detector is not None:
-            self._detector.close()
-            self._detector = None
+        """Close the detectors this preprocessor opened (a given one belongs to the caller)."""
+        with self._lock:
+            for det in self._opened:
+                det.close()
+            self._opened.clear()
+        self._local = threading.local()
