@@ -57,7 +57,10 @@ class TrainConfig:
     # Model
     arch: str = "resnet34"
     input_size: int = 112
-    crop_fraction: float = 1.0       # centre-crop share of each photo (0.5 for LFW 250x250); goes into model.json
+    crop_fraction: float = 1.0       # centre-crop share of each photo (0.5 for LFW 250x250), with align none
+    align: str = "none"              # face = detect + warp onto align_template (model.json); none = centre crop
+    align_template: str = "arcface"  # arcface | lfw-centre (engine.align.TEMPLATES)
+    align_margin: float = 0.0        # widen the aligned crop around its centre (1.0 = twice the side)
     embedding_dim: int = 512
     dropout: float = 0.0
     init: str = ""                   # start weights (fine-tune): a run dir / its model.safetensors, an exported
@@ -111,6 +114,7 @@ class TrainConfig:
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(arch=self.arch, input_size=self.input_size, crop_fraction=self.crop_fraction,
+                           align=self.align, template=self.align_template, margin=self.align_margin,
                            embedding_dim=self.embedding_dim, realness_weight=self.realness_weight)
 
     def to_dict(self) -> dict:
@@ -119,6 +123,7 @@ class TrainConfig:
 
 CHOICES = {
     "mining": ("batch_hard", "semi_hard"),
+    "align": ("none", "face"),
     "fake_fake": ("ignore", "positive", "negative"),
     "aux_head": ("none", "cosface", "arcface"),
     "optimizer": ("adamw", "sgd"),
@@ -263,6 +268,9 @@ def validate(config: TrainConfig) -> None:
     need(config.input_size >= 32 and config.input_size % 16 == 0,
          f"input_size: must be >= 32 and a multiple of 16, got {config.input_size}")
     need(0.0 < config.crop_fraction <= 1.0, f"crop_fraction: must be in (0, 1], got {config.crop_fraction}")
+    need(config.align_margin >= 0.0, f"align_margin: must be >= 0, got {config.align_margin}")
+    need(config.align_template in ("arcface", "lfw-centre"),
+         f"align_template: must be arcface or lfw-centre, got {config.align_template!r}")
     need(config.embedding_dim >= 1, f"embedding_dim: must be positive, got {config.embedding_dim}")
     need(config.realness_weight >= 0.0, f"realness_weight: must be >= 0, got {config.realness_weight}")
     need(config.realness_weight == 0.0 or config.embedding_dim >= 2,

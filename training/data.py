@@ -103,10 +103,11 @@ class TrainDataset(Dataset):
     """Items are ``(index, seed)`` from :class:`training.sampler.PKSampler`."""
 
     def __init__(self, samples: Sequence[Sample], input_size: int, augment_config: AugmentConfig | None,
-                 cache: bool = True, teacher_index: np.ndarray | None = None, crop_fraction: float = 1.0):
+                 cache: bool = True, teacher_index: np.ndarray | None = None, crop_fraction: float = 1.0,
+                 preprocessor: Preprocessor | None = None):
         self.samples = list(samples)
         self.labels = label_space(self.samples)
-        self.images = ImageCache([s.path for s in self.samples], input_size, cache, crop_fraction)
+        self.images = ImageCache([s.path for s in self.samples], input_size, cache, crop_fraction, preprocessor)
         self.augment_config = augment_config
         self.teacher_index = (np.full(len(self.samples), -1, np.int64) if teacher_index is None
                               else np.asarray(teacher_index, np.int64))
@@ -166,11 +167,12 @@ def subset_pairs(pairs: Sequence[Pair], n: int, seed: int = 0) -> list[Pair]:
 class PairSet:
     """Validation pairs with each distinct image decoded once (no augmentation)."""
 
-    def __init__(self, pairs: Sequence[Pair], input_size: int, cache: bool = True, crop_fraction: float = 1.0):
+    def __init__(self, pairs: Sequence[Pair], input_size: int, cache: bool = True, crop_fraction: float = 1.0,
+                 preprocessor: Preprocessor | None = None):
         self.pairs = list(pairs)
         paths = sorted({str(p.path_a) for p in self.pairs} | {str(p.path_b) for p in self.pairs})
         self.index = {p: i for i, p in enumerate(paths)}
-        self.images = ImageCache(paths, input_size, cache, crop_fraction)
+        self.images = ImageCache(paths, input_size, cache, crop_fraction, preprocessor)
         self.a = np.array([self.index[str(p.path_a)] for p in self.pairs], np.int64)
         self.b = np.array([self.index[str(p.path_b)] for p in self.pairs], np.int64)
         self.labels = np.array([p.label for p in self.pairs], np.int64)

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from engine.contract import ContractError, ModelConfig
+from engine.preprocess import Preprocessor
 
 DEFAULT_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 DEFAULT_SCALES = (0.25, 0.5, 1.0, 2.0)
@@ -114,7 +115,7 @@ def main(argv=None) -> int:
     try:
         model = load_model(args.run)
         pairset = PairSet(subset_pairs(read_pair_folder(Path(args.pairs)), args.limit), model.config.input_size,
-                          crop_fraction=model.config.crop_fraction)
+                          preprocessor=Preprocessor(model.config))
         rows = sweep(model, pairset, grid["weights"], grid["scales"], grid["biases"], progress=not args.quiet)
     except (ContractError, DataError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

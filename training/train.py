@@ -344,15 +344,18 @@ def train(config: TrainConfig, resume: bool = False, stop_after_steps: int = 0, 
         keys = [sample_key(s, train_root / "images") for s in samples]
         emb, teacher_index = load_teacher(config.teacher, keys, center=config.teacher_center)
         teacher_emb = torch.from_numpy(emb).to(rt.device)
+    from engine.preprocess import Preprocessor
+
+    preprocessor = Preprocessor(config.model_config())  # the model's contract: what convert and the runtime use
     dataset = TrainDataset(samples, config.input_size, config.augment, config.cache_images, teacher_index,
-                           config.crop_fraction)
+                           config.crop_fraction, preprocessor)
     sampler = PKSampler(dataset.labels.identity, dataset.labels.is_fake, config.p, config.k, config.fake_share,
                         config.seed, rt.rank, rt.world_size, config.steps_per_epoch)
     loader = train_loader(dataset, sampler, config.workers, pin_memory=rt.device.type == "cuda")
     pairset = None
     if config.validate and rt.main:
         pairs = subset_pairs(read_pair_folder(Path(config.data_dir) / "val"), config.val_max_pairs, config.seed)
-        pairset = PairSet(pairs, config.input_size, config.cache_images, config.crop_fraction)
+        pairset = PairSet(pairs, config.input_size, config.cache_images, config.crop_fraction, preprocessor)
 
     # Model (same init on every rank; DDP also broadcasts rank 0's weights)
     embedder = get_model(config.model_config(), dropout=config.dropout)

@@ -181,3 +181,28 @@ def test_cli_noise_exits_2_and_padded_photo_matches(face_data, tmp_path):
                                                 cv2.BORDER_CONSTANT, value=(128, 128, 128)))
     code, out, _ = _verify(src, padded)
     assert code == 0 and out["match"] is True and out["detection"]["image_b"]["faces"] == 1
+
+
+def test_training_config_carries_the_alignment_into_model_json():
+    from training.config import ConfigError, TrainConfig, validate
+
+    cfg = TrainConfig(align="face", align_template="lfw-centre", align_margin=0.25)
+    model = cfg.model_config()
+    assert (model.align, model.template, model.margin) == ("face", "lfw-centre", 0.25)
+    for bad, match in ((dict(align="yes"), "align"), (dict(align_template="x"), "align_template"),
+                       (dict(align_margin=-1.0), "align_margin")):
+        with pytest.raises(ConfigError, match=match):
+            validate(TrainConfig(**bad))
+
+
+def test_detector_onnx_matches_its_anchor_layout():
+    """The shipped ONNX has the anchor count convert.detector's rules give (full range: 48x48, one per cell)."""
+    from convert.detector import VALUES, VARIANTS, anchor_centres
+    from engine.detect import _io_shape, detector_path
+
+    size, width = _io_shape(detector_path())
+    _, want_size, layers = VARIANTS["full_range"]
+    anchors = anchor_centres(want_size, layers)
+    assert size == want_size and width == len(anchors) * VALUES == 2304 * 17
+    assert anchors.min() > 0 and anchors.max() < 1
+    assert len(anchor_centres(*VARIANTS["short_range"][1:])) == 896  # MediaPipe's short-range count
