@@ -9,6 +9,7 @@ import csv
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -381,7 +382,6 @@ def read_identity_folders(root: str | os.PathLike, marker: str | os.PathLike | N
 def main(argv: list[str] | None = None) -> int:
     """``python -m engine.datasets <format> ...``: validate a dataset before a long run."""
     import argparse
-    import sys
 
     parser = argparse.ArgumentParser(prog="python -m engine.datasets",
                                      description="Read and validate a dataset; print its counts. Exit 1 with "
@@ -389,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--check-images", action="store_true",
                         help="also decode every image with engine.preprocess (slow; finds broken files)")
+    common.add_argument("--check-faces", action="store_true",
+                        help="also detect the face in every image as the bundled model's model.json says "
+                             "(implies --check-images; lists the images with no usable face)")
     sub = parser.add_subparsers(dest="format", required=True)
     p = sub.add_parser("kryptonite-train", parents=[common], help="train/meta.json + train/images/<identity>/<k>.jpg")
     p.add_argument("root", help="dataset root holding train/, or the train folder itself")
@@ -426,19 +429,44 @@ def main(argv: list[str] | None = None) -> int:
             paths = [p for pair in items for p in (pair.path_a, pair.path_b)]
             labelled = [pair for pair in items if pair.label is not None]
             line = f"{len(items)} pairs, {len(labelled)} labelled, {sum(pair.label == 1 for pair in labelled)} positive"
-        if args.check_images:
-            from engine.preprocess import ImageError, load_image
-
-            for path in dict.fromkeys(paths):
-                try:
-                    load_image(path)
-                except ImageError as exc:
-                    raise DataError(str(exc)) from None
+        if args.check_images or args.check_faces:
+            line += _check_images(list(dict.fromkeys(paths)), args.check_faces)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(line)
     return 0
+
+
+def _check_images(paths: list, faces: bool) -> str:
+    """Decode (and with ``faces`` detect + align) every image; a broken file raises, faceless ones are listed."""
+    from tqdm import tqdm
+
+    from engine.contract import ModelConfig
+    from engine.preprocess import ImageError, NoFaceError, Preprocessor, decode, read_file
+
+    pre = Preprocessor(ModelConfig(align="face")) if faces else None
+    faceless = []
+    try:
+        for path in tqdm(paths, desc="checking images", unit="img", leave=False, file=sys.stderr):
+            try:
+                rgb = decode(read_file(path), str(path))
+                if pre is not None:
+                    pre.prepare(rgb, str(path))
+            except NoFaceError as exc:
+                faceless.append(str(exc))
+            except ImageError as exc:
+                raise DataError(str(exc)) from None
+    finally:
+        if pre is not None:
+            pre.close()
+    if not faces:
+        return ""
+    for message in faceless[:20]:
+        print(f"warning: {message}", file=sys.stderr)
+    if len(faceless) > 20:
+        print(f"warning: ... and {len(faceless) - 20} more without a usable face", file=sys.stderr)
+    return f"; {len(paths) - len(faceless)} of {len(paths)} images with a usable face"
 
 
 if __name__ == "__main__":

@@ -206,3 +206,17 @@ def test_detector_onnx_matches_its_anchor_layout():
     assert size == want_size and width == len(anchors) * VALUES == 2304 * 17
     assert anchors.min() > 0 and anchors.max() < 1
     assert len(anchor_centres(*VARIANTS["short_range"][1:])) == 896  # MediaPipe's short-range count
+
+
+def test_datasets_check_faces_lists_images_without_a_face(face_data, tmp_path, capsys):
+    import shutil
+
+    from engine.datasets import main
+
+    for who, src in (("alice", _lfw(face_data)), ("bob", _lfw(face_data, "Tony_Blair"))):
+        (tmp_path / who).mkdir()
+        shutil.copy(src, tmp_path / who / "1.jpg")
+    cv2.imwrite(str(tmp_path / "bob" / "2.png"), np.random.default_rng(0).integers(0, 256, (200, 200, 3), dtype=np.uint8))
+    assert main(["identity-folders", str(tmp_path), "--check-faces"]) == 0
+    out, err = capsys.readouterr()
+    assert "2 of 3 images with a usable face" in out and "bob/2.png: no face found" in err
