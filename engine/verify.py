@@ -74,7 +74,7 @@ def verify(image_a=None, image_b=None, *, pairs=None, out=None, labels=None, lfw
            json_output: bool = False, model=None, backend: str = "auto", precision: str | None = None,
            device: str | None = None, threshold: float | None = None, batch_size: int | None = None,
            workers: int | None = None, strict: bool = False, cache=None, bootstrap: int = 1000,
-           progress: bool = True) -> int:
+           progress: bool = True, align: str | None = None) -> int:
     """Run one verification job (see the module docstring); returns the process exit code."""
     from engine.backends import open_backend
     from engine.embedder import Embedder
@@ -91,7 +91,14 @@ def verify(image_a=None, image_b=None, *, pairs=None, out=None, labels=None, lfw
         for p in (image_a, image_b) if mode == "images" else ():
             if not Path(p).is_file():
                 raise FileNotFoundError(f"{p}: no such file")
+        if align not in (None, "face", "none"):
+            raise UsageError(f"--align must be face or none, got {align!r}")
         be = open_backend(model, backend=backend, precision=precision, device=device, max_batch=batch_size)
+        if align is not None and align != be.config.align:
+            import dataclasses
+
+            be.config = dataclasses.replace(be.config, align=align)
+            _err(f"alignment {align} (asked for; the model's model.json says {be.source.config.align if be.source.config else 'none'})")
         _err(f"backend {be.choice.backend} ({be.choice.precision}, {be.device}): {be.choice.reason}; "
              f"model {be.source.path}")
         thr = threshold if threshold is not None else be.config.threshold
@@ -283,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "preferred one among the files present; bf16 = the FP32 file under OpenVINO's bf16 hint)")
     p.add_argument("--device", help="backend device: onnxruntime cpu|cuda|tensorrt, openvino CPU|GPU, "
                    "torch cpu|cuda, tensorrt GPU index (default: the backend's best)")
+    p.add_argument("--align", choices=("face", "none"), help="how photos become model inputs: face = detect and "
+                   "align (needs a face), none = centre crop, for crops that are already aligned (default: what the "
+                   "model's model.json says)")
     p.add_argument("--threshold", type=float, help="decision threshold on cosine similarity (default: the one "
                    "calibrated in the model's model.json)")
     p.add_argument("--batch-size", type=int, help="images per backend call (default: the backend's maximum; "

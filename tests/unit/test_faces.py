@@ -220,3 +220,12 @@ def test_datasets_check_faces_lists_images_without_a_face(face_data, tmp_path, c
     assert main(["identity-folders", str(tmp_path), "--check-faces"]) == 0
     out, err = capsys.readouterr()
     assert "2 of 3 images with a usable face" in out and "bob/2.png: no face found" in err
+
+
+def test_cli_align_none_keeps_the_centre_crop(face_data, tmp_path):
+    """--align none: no detector, so noise is not refused (the crop contract for pre-aligned data)."""
+    rng = np.random.default_rng(2)
+    for name in ("n1.png", "n2.png"):
+        cv2.imwrite(str(tmp_path / name), rng.integers(0, 256, (250, 250, 3), dtype=np.uint8))
+    code, out, err = _verify(tmp_path / "n1.png", tmp_path / "n2.png", "--align", "none")
+    assert code in (0, 1) and "detection" not in out and "alignment none" in err
