@@ -77,9 +77,9 @@ def wrap(core, size: int, anchors: np.ndarray):
     reg = next(n for n, o in outs.items() if o.type.tensor_type.shape.dim[-1].dim_value == 16)
     cls = next(n for n in outs if n != reg)
     # Batch-1 reshapes become "copy the batch dimension" (0), so any batch runs.
+    reshape_shapes = {n.input[1] for n in g.node if n.op_type == "Reshape"}
     for init in g.initializer:
-        consumers = [n for n in g.node if n.op_type == "Reshape" and n.input[1] == init.name]
-        if consumers:
+        if init.name in reshape_shapes:
             shape = numpy_helper.to_array(init).copy()
             shape[0] = 0
             init.CopyFrom(numpy_helper.from_array(shape.astype(np.int64), init.name))
@@ -91,7 +91,7 @@ def wrap(core, size: int, anchors: np.ndarray):
         sizes = numpy_helper.to_array(inits[node.input[3]]).astype(np.float32)
         scales = sizes / np.asarray(shapes[node.input[0]], np.float32)
         g.initializer.append(numpy_helper.from_array(scales, f"det_resize_scales_{k}"))
-        node.input[2], node.input[3] = f"det_resize_scales_{k}", ""
+        node.input[2] = f"det_resize_scales_{k}"
         del node.input[3]
     used = {i for node in g.node for i in node.input}
     keep = [i for i in g.initializer if i.name in used]
@@ -138,7 +138,7 @@ def convert_detector(source: str, out: str, variant: str = "full_range") -> dict
     import onnx
     import tflite2onnx
 
-    # tflite2onnx warns once per float16 weight; the conversion is checked by the tests instead.
+    # tflite2onnx warns once per float16 weight; the result is checked on LFW faces (tests/unit/test_faces.py).
     logging.getLogger("tflite2onnx").setLevel(logging.ERROR)
     filename, size, layers = VARIANTS[variant]
     data = read_tflite(Path(source), filename)

@@ -79,7 +79,7 @@ def warp(rgb: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
         fx, fy = w / rgb.shape[1], h / rgb.shape[0]
         a = matrix[:, :2]
         matrix = np.concatenate([a @ np.diag([fx, fy]), (a @ [0.5 * fx - 0.5, 0.5 * fy - 0.5] + matrix[:, 2])[:, None]], 1)
-    return cv2.warpAffine(rgb, matrix.astype(np.float64), (size, size), flags=cv2.INTER_LINEAR,
+    return cv2.warpAffine(rgb, matrix, (size, size), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 

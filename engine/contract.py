@@ -81,7 +81,7 @@ class ModelConfig:
 
             try:
                 template_points(self.template, self.input_size, self.margin)
-            except (ValueError, KeyError, TypeError) as exc:
+            except (ValueError, TypeError) as exc:
                 raise ContractError(f"template/margin: {exc}") from None
         if not (isinstance(self.min_face, (int, float)) and self.min_face >= 0):
             raise ContractError(f"min_face must be a number >= 0, got {self.min_face!r}")

@@ -390,8 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     common.add_argument("--check-images", action="store_true",
                         help="also decode every image with engine.preprocess (slow; finds broken files)")
     common.add_argument("--check-faces", action="store_true",
-                        help="also detect the face in every image as the bundled model's model.json says "
-                             "(implies --check-images; lists the images with no usable face)")
+                        help="also run the shipped face detector on every image (implies --check-images; "
+                             "lists the images with no usable face)")
     sub = parser.add_subparsers(dest="format", required=True)
     p = sub.add_parser("kryptonite-train", parents=[common], help="train/meta.json + train/images/<identity>/<k>.jpg")
     p.add_argument("root", help="dataset root holding train/, or the train folder itself")

@@ -208,6 +208,7 @@ class Embedder:
         start = time.perf_counter()
         paths = [Path(p) for p in paths]
         unique = list(dict.fromkeys(paths))
+        self._info = {}  # this call's detections only
         dim = self.backend.embedding_dim
         found: dict[Path, np.ndarray] = {}
         if self.cache is not None:

@@ -85,6 +85,14 @@ def _truncated_jpeg(data: bytes) -> bool:
     return sos < 0 or data.find(b"\xff\xd9", sos) < 0
 
 
+def _check_rgb(rgb: np.ndarray, source: str) -> None:
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ImageError(f"{source}: expected uint8 HxWx3 RGB, got {rgb.dtype} {rgb.shape}")
+    h, w = rgb.shape[:2]
+    if min(h, w) < MIN_SOURCE_SIDE:
+        raise ImageError(f"{source}: image is {w}x{h}, smaller than {MIN_SOURCE_SIDE}px on a side")
+
+
 def preprocess(rgb: np.ndarray, size: int = DEFAULT_SIZE, source: str = "<array>",
                crop_fraction: float = 1.0) -> np.ndarray:
     """Centre-crop a square and resize it to ``size``; uint8 RGB HWC in, out.
@@ -96,11 +104,8 @@ def preprocess(rgb: np.ndarray, size: int = DEFAULT_SIZE, source: str = "<array>
     """
     if not 0.0 < crop_fraction <= 1.0:
         raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise ImageError(f"{source}: expected uint8 HxWx3 RGB, got {rgb.dtype} {rgb.shape}")
+    _check_rgb(rgb, source)
     h, w = rgb.shape[:2]
-    if min(h, w) < MIN_SOURCE_SIDE:
-        raise ImageError(f"{source}: image is {w}x{h}, smaller than {MIN_SOURCE_SIDE}px on a side")
     side = max(1, round(min(h, w) * crop_fraction))
     top, left = (h - side) // 2, (w - side) // 2
     crop = rgb[top : top + side, left : left + side]
@@ -199,10 +204,7 @@ class Preprocessor:
             return Prepared(preprocess(rgb, self.size, source, cfg.crop_fraction))
         from engine.align import align_face
 
-        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-            raise ImageError(f"{source}: expected uint8 HxWx3 RGB, got {rgb.dtype} {rgb.shape}")
-        if min(rgb.shape[:2]) < MIN_SOURCE_SIDE:
-            raise ImageError(f"{source}: image is {rgb.shape[1]}x{rgb.shape[0]}, smaller than {MIN_SOURCE_SIDE}px on a side")
+        _check_rgb(rgb, source)
         faces = self.detector.detect(rgb)
         if not faces:
             raise NoFaceError(f"{source}: no face found")

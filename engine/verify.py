@@ -97,8 +97,8 @@ def verify(image_a=None, image_b=None, *, pairs=None, out=None, labels=None, lfw
         if align is not None and align != be.config.align:
             import dataclasses
 
+            _err(f"alignment {align} (asked for; the model's model.json says {be.config.align})")
             be.config = dataclasses.replace(be.config, align=align)
-            _err(f"alignment {align} (asked for; the model's model.json says {be.source.config.align if be.source.config else 'none'})")
         _err(f"backend {be.choice.backend} ({be.choice.precision}, {be.device}): {be.choice.reason}; "
              f"model {be.source.path}")
         thr = threshold if threshold is not None else be.config.threshold
