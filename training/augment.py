@@ -88,7 +88,8 @@ def augment(img: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np
     if coins[4] < cfg.jpeg_p:
         out = jpeg(out, rng.integers(cfg.jpeg_quality_min, cfg.jpeg_quality_max + 1))
     if coins[5] < cfg.blur_p:
-        out = blur(out, rng.uniform(0.1, max(cfg.blur_sigma_max, 0.1)))
+        # sigma is in pixels of a 112 px image: the same relative blur at any size (the teacher's 150 px view)
+        out = blur(out, rng.uniform(0.1, max(cfg.blur_sigma_max, 0.1)) * out.shape[0] / 112)
     return np.ascontiguousarray(out)
 
 

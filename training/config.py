@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from engine.align import TEMPLATES
 from engine.contract import ModelConfig
 
 
@@ -85,6 +86,10 @@ class TrainConfig:
     distill_weight: float = 0.0      # relational distillation weight (0 = off)
     realness_loss: float = 1.0       # weight of the real-vs-fake cross-entropy (with realness_weight > 0)
     teacher_center: bool = True      # subtract the teacher's mean embedding before comparing similarities
+    feature_teacher: str = ""        # dlib = feature distillation from dlib's recognizer, run on each view (training.teachers)
+    feature_weight: float = 0.0      # weight of 1 - cos(projected identity, centred teacher descriptor), real images
+    extra_images: str = ""           # comma-separated folders of unlabelled face photos, feature distillation only
+    extra_per_batch: int = 0         # unlabelled images added to every batch (needs feature_teacher)
 
     # Optimisation
     optimizer: str = "adamw"         # adamw | sgd
@@ -269,8 +274,8 @@ def validate(config: TrainConfig) -> None:
          f"input_size: must be >= 32 and a multiple of 16, got {config.input_size}")
     need(0.0 < config.crop_fraction <= 1.0, f"crop_fraction: must be in (0, 1], got {config.crop_fraction}")
     need(config.align_margin >= 0.0, f"align_margin: must be >= 0, got {config.align_margin}")
-    need(config.align_template in ("arcface", "lfw-centre"),
-         f"align_template: must be arcface or lfw-centre, got {config.align_template!r}")
+    need(config.align_template in TEMPLATES,
+         f"align_template: must be one of {list(TEMPLATES)}, got {config.align_template!r}")
     need(config.embedding_dim >= 1, f"embedding_dim: must be positive, got {config.embedding_dim}")
     need(config.realness_weight >= 0.0, f"realness_weight: must be >= 0, got {config.realness_weight}")
     need(config.realness_weight == 0.0 or config.embedding_dim >= 2,
@@ -291,6 +296,14 @@ def validate(config: TrainConfig) -> None:
     need(config.distill_weight >= 0.0, f"distill_weight: must be >= 0, got {config.distill_weight}")
     need(config.distill_weight == 0.0 or bool(config.teacher),
          "distill_weight > 0 needs teacher: path to an .npz of teacher embeddings")
+    need(config.feature_teacher in ("", "dlib"), f"feature_teacher: must be '' or dlib, got {config.feature_teacher!r}")
+    need(config.feature_weight >= 0.0, f"feature_weight: must be >= 0, got {config.feature_weight}")
+    need(config.feature_weight == 0.0 or bool(config.feature_teacher), "feature_weight > 0 needs feature_teacher: dlib")
+    need(not config.feature_teacher or config.align == "face",
+         "feature_teacher needs align: face (the teacher's view is aligned from the same keypoints)")
+    need(config.extra_per_batch >= 0, f"extra_per_batch: must be >= 0, got {config.extra_per_batch}")
+    need(config.extra_per_batch == 0 or (bool(config.extra_images) and config.feature_weight > 0),
+         "extra_per_batch > 0 needs extra_images and feature_weight > 0 (unlabelled images only serve distillation)")
     need(config.lr > 0.0, f"lr: must be > 0, got {config.lr}")
     need(config.weight_decay >= 0.0, f"weight_decay: must be >= 0, got {config.weight_decay}")
     need(0.0 <= config.momentum < 1.0, f"momentum: must be in [0, 1), got {config.momentum}")

@@ -60,74 +60,196 @@ def sample_key(sample: Sample, images_root: str | Path | None = None) -> str:
 
 
 class ImageCache:
-    """Preprocessed uint8 images by index, decoded on first use and kept in RAM."""
+    """Preprocessed uint8 images by index, decoded on first use and kept in RAM.
+
+    With ``teacher_size`` each image also has a teacher's view: the same
+    detected keypoints warped onto ``teacher_template`` at that size (from
+    the original photo, not resampled from the student's crop), so a
+    distillation teacher sees the face the student sees, at its own framing.
+    """
 
     def __init__(self, paths: Sequence[str | Path], size: int, enabled: bool = True, crop_fraction: float = 1.0,
-                 preprocessor: Preprocessor | None = None):
+                 preprocessor: Preprocessor | None = None, teacher_size: int = 0, teacher_template: str = "dlib-chip"):
         self.paths = [Path(p) for p in paths]
         self.size = size
         self.preprocessor = preprocessor or Preprocessor(ModelConfig(input_size=size, crop_fraction=crop_fraction))
         self.enabled = enabled
+        self.teacher_size, self.teacher_template = teacher_size, teacher_template
         self._images = np.zeros((len(self.paths), size, size, 3), np.uint8) if enabled else None
+        self._teacher = (np.zeros((len(self.paths), teacher_size, teacher_size, 3), np.uint8)
+                         if enabled and teacher_size else None)
         self._filled = np.zeros(len(self.paths), bool)
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> np.ndarray:
-        if not self.enabled:
-            return self.preprocessor.load(self.paths[i]).image
-        if not self._filled[i]:
-            self._images[i] = self.preprocessor.load(self.paths[i]).image
-            self._filled[i] = True
-        return self._images[i]
+    def _load(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
+        if not self.teacher_size:
+            return self.preprocessor.load(self.paths[i]).image, None
+        from engine.align import align_face
+        from engine.preprocess import decode, read_file
 
-    def fill(self, progress: bool = False, desc: str = "decode") -> None:
-        """Decode everything now (before forking loader workers, so they share it)."""
+        source = str(self.paths[i])
+        rgb = decode(read_file(source), source)
+        prepared = self.preprocessor.prepare(rgb, source)
+        return prepared.image, align_face(rgb, prepared.face.keypoints, self.teacher_size, self.teacher_template)
+
+    def views(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """(student image, teacher view or None)."""
         if not self.enabled:
-            return
+            return self._load(i)
+        if not self._filled[i]:
+            image, teacher = self._load(i)
+            self._images[i] = image
+            if teacher is not None:
+                self._teacher[i] = teacher
+            self._filled[i] = True
+        return self._images[i], (self._teacher[i] if self._teacher is not None else None)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.views(i)[0]
+
+    def fill(self, progress: bool = False, desc: str = "decode", skip_faceless: bool = False) -> dict[int, str]:
+        """Decode everything now (before forking loader workers, so they share it).
+
+        With ``skip_faceless`` an image in which no face is found does not stop
+        the fill; returns ``{index: reason}`` for those (drop them with :meth:`subset`).
+        """
+        if not self.enabled:
+            return {}
         import os
         from concurrent.futures import ThreadPoolExecutor
 
         from tqdm import tqdm
 
+        from engine.preprocess import NoFaceError
+
+        def one(i):
+            try:
+                self.views(i)
+            except NoFaceError as exc:
+                if not skip_faceless:
+                    raise
+                return i, str(exc)
+            return i, None
+
         todo = [int(i) for i in np.flatnonzero(~self._filled)]
-        # OpenCV releases the GIL while decoding, so threads use every core.
+        failed = {}
+        # OpenCV and the detector release the GIL, so threads use every core.
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            for _ in tqdm(pool.map(self.__getitem__, todo), total=len(todo), desc=desc, disable=not progress,
-                          leave=False):
-                pass
+            for i, error in tqdm(pool.map(one, todo), total=len(todo), desc=desc, disable=not progress,
+                                 leave=False):
+                if error is not None:
+                    failed[i] = error
+        return failed
+
+    def subset(self, keep: Sequence[int]) -> "ImageCache":
+        """The cache of the images ``keep`` (decoded ones stay decoded)."""
+        keep = np.asarray(keep, np.int64)
+        out = ImageCache([self.paths[i] for i in keep], self.size, self.enabled, preprocessor=self.preprocessor,
+                         teacher_size=self.teacher_size, teacher_template=self.teacher_template)
+        if self.enabled:
+            out._images, out._filled = self._images[keep], self._filled[keep]
+            if self._teacher is not None:
+                out._teacher = self._teacher[keep]
+        return out
+
+
+def usable_extra_images(folders: Sequence[str | Path], preprocessor: Preprocessor, progress: bool = False,
+                        ) -> tuple[list[Path], list[str]]:
+    """The photos under ``folders`` (recursive .jpg/.png) in which a face is found; (paths, skipped reasons).
+
+    Unlabelled images are optional extra data, so one without a face is
+    skipped and counted rather than stopping the run.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+    import os
+
+    from tqdm import tqdm
+
+    from engine.preprocess import ImageError
+
+    paths = []
+    for folder in folders:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"extra_images: {folder}: no such folder")
+        paths += sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+
+    def check(path):
+        try:
+            preprocessor.load(path)
+            return None
+        except ImageError as exc:
+            return str(exc)
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        errors = list(tqdm(pool.map(check, paths), total=len(paths), desc="check extra images",
+                           disable=not progress, leave=False))
+    return [p for p, e in zip(paths, errors) if e is None], [e for e in errors if e is not None]
 
 
 class TrainDataset(Dataset):
-    """Items are ``(index, seed)`` from :class:`training.sampler.PKSampler`."""
+    """Items are ``(index, seed)`` from :class:`training.sampler.PKSampler`.
+
+    Indices past the labelled samples are unlabelled ``extra`` photos
+    (identity and class -1: only feature distillation uses them). With
+    ``teacher_size`` every item also carries ``teacher_image``, the teacher's
+    view given the same augmentation (same seed, so the same flip, affine
+    and colour draws).
+    """
 
     def __init__(self, samples: Sequence[Sample], input_size: int, augment_config: AugmentConfig | None,
                  cache: bool = True, teacher_index: np.ndarray | None = None, crop_fraction: float = 1.0,
-                 preprocessor: Preprocessor | None = None):
+                 preprocessor: Preprocessor | None = None, teacher_size: int = 0,
+                 extra: Sequence[str | Path] = (), progress: bool = False):
         self.samples = list(samples)
-        self.labels = label_space(self.samples)
-        self.images = ImageCache([s.path for s in self.samples], input_size, cache, crop_fraction, preprocessor)
-        self.augment_config = augment_config
+        self.images = ImageCache([s.path for s in self.samples], input_size, cache, crop_fraction, preprocessor,
+                                 teacher_size)
         self.teacher_index = (np.full(len(self.samples), -1, np.int64) if teacher_index is None
                               else np.asarray(teacher_index, np.int64))
+        # With alignment, a training image in which no face is found is left out
+        # (listed in ``faceless``) rather than fed as a misaligned crop.
+        self.faceless: dict[str, str] = {}
+        if cache and self.images.preprocessor.config.align == "face":
+            failed = self.images.fill(progress, "detect + align train images", skip_faceless=True)
+            if failed:
+                keep = [i for i in range(len(self.samples)) if i not in failed]
+                self.faceless = {str(self.samples[i].path): why for i, why in sorted(failed.items())}
+                self.samples = [self.samples[i] for i in keep]
+                self.images = self.images.subset(keep)
+                self.teacher_index = self.teacher_index[keep]
+        self.labels = label_space(self.samples)
+        self.extra = ImageCache(list(extra), input_size, cache, crop_fraction, preprocessor, teacher_size)
+        self.teacher_size = teacher_size
+        self.augment_config = augment_config
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.samples) + len(self.extra)
+
+    def fill(self, progress: bool = False) -> None:
+        self.images.fill(progress, "decode train images")
+        self.extra.fill(progress, "decode extra images")
 
     def __getitem__(self, item: tuple[int, int]) -> dict:
         index, seed = item
-        image = self.images[index]
+        labelled = index < len(self.samples)
+        image, teacher = (self.images if labelled else self.extra).views(index if labelled else index - len(self.samples))
         if self.augment_config is not None:
             image = augment(image, np.random.default_rng(seed), self.augment_config)
-        return {
+            if teacher is not None:
+                teacher = augment(teacher, np.random.default_rng(seed), self.augment_config)
+        out = {
             "image": torch.from_numpy(np.array(image, copy=True)),
-            "identity": int(self.labels.identity[index]),
-            "is_fake": bool(self.labels.is_fake[index]),
-            "class_id": int(self.labels.class_id[index]),
+            "identity": int(self.labels.identity[index]) if labelled else -1,
+            "is_fake": bool(self.labels.is_fake[index]) if labelled else False,
+            "class_id": int(self.labels.class_id[index]) if labelled else -1,
             # Distillation targets are for real images only.
-            "teacher": -1 if self.labels.is_fake[index] else int(self.teacher_index[index]),
+            "teacher": int(self.teacher_index[index]) if labelled and not self.labels.is_fake[index] else -1,
         }
+        if teacher is not None:
+            out["teacher_image"] = torch.from_numpy(np.array(teacher, copy=True))
+        return out
 
 
 def collate(items: list[dict]) -> dict:
@@ -137,12 +259,13 @@ def collate(items: list[dict]) -> dict:
         "is_fake": torch.tensor([it["is_fake"] for it in items], dtype=torch.bool),
         "class_id": torch.tensor([it["class_id"] for it in items], dtype=torch.long),
         "teacher": torch.tensor([it["teacher"] for it in items], dtype=torch.long),
+        **({"teacher_image": torch.stack([it["teacher_image"] for it in items])} if "teacher_image" in items[0] else {}),
     }
 
 
 def train_loader(dataset: TrainDataset, sampler, workers: int = 0, pin_memory: bool = False) -> DataLoader:
     if workers > 0:
-        dataset.images.fill(progress=True, desc="decode train images")
+        dataset.fill(progress=True)
     # Its own generator: creating an iterator must not advance the global torch RNG
     # (dropout's), or a resumed run would diverge from an uninterrupted one.
     return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
@@ -171,8 +294,20 @@ class PairSet:
                  preprocessor: Preprocessor | None = None):
         self.pairs = list(pairs)
         paths = sorted({str(p.path_a) for p in self.pairs} | {str(p.path_b) for p in self.pairs})
-        self.index = {p: i for i, p in enumerate(paths)}
         self.images = ImageCache(paths, input_size, cache, crop_fraction, preprocessor)
+        # Pairs with an image in which no face is found are left out of
+        # validation (counted in ``dropped``; the runtime scores them as failures).
+        self.dropped = 0
+        if cache and self.images.preprocessor.config.align == "face":
+            failed = {paths[i] for i in self.images.fill(skip_faceless=True)}
+            if failed:
+                keep = [i for i, p in enumerate(paths) if p not in failed]
+                self.images = self.images.subset(keep)
+                paths = [paths[i] for i in keep]
+                kept = [p for p in self.pairs if str(p.path_a) not in failed and str(p.path_b) not in failed]
+                self.dropped = len(self.pairs) - len(kept)
+                self.pairs = kept
+        self.index = {p: i for i, p in enumerate(paths)}
         self.a = np.array([self.index[str(p.path_a)] for p in self.pairs], np.int64)
         self.b = np.array([self.index[str(p.path_b)] for p in self.pairs], np.int64)
         self.labels = np.array([p.label for p in self.pairs], np.int64)

@@ -1,12 +1,18 @@
-"""Relational distillation from a teacher's embeddings of real training images.
+"""Distillation from a face recognizer: relational (cached embeddings) and feature (a teacher run on each view).
 
-The teacher file is an ``.npz`` with ``paths`` (relative image paths exactly as
+Relational: the teacher file is an ``.npz`` with ``paths`` (relative image paths exactly as
 in ``train/meta.json``) and ``embeddings`` (float32, (N, Dt), any Dt: a
 128-d dlib descriptor works as well as a 512-d ArcFace). Only the *relations*
 are matched: the student's cosine-similarity matrix among the batch's real
 images with a teacher embedding is pulled towards the teacher's (MSE over the
 off-diagonal entries), so the two embedding spaces need not share a dimension
 or a rotation.
+
+Feature: the student's identity vector, through a linear projection,
+regresses the teacher's centred, normalised descriptor of the same augmented
+view (:class:`FeatureProjection`); this transfers the teacher's accuracy
+where matching relations alone did not, and needs no identity labels, so
+unlabelled photos count too.
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 class TeacherError(ValueError):
@@ -92,3 +99,42 @@ def relational_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tenso
     t = F.normalize(teacher.float(), dim=1)
     off = ~torch.eye(n, dtype=torch.bool, device=student.device)
     return F.mse_loss((s @ s.t())[off], (t @ t.t())[off])
+
+
+class FeatureProjection(nn.Module):
+    """Student identity vector -> the teacher's descriptor space, for feature distillation.
+
+    A linear map (training only, never exported) plus the teacher's mean
+    descriptor, kept as a buffer so a resumed run centres exactly as before.
+    Centring matters for the same reason as in :func:`load_teacher`: dlib's
+    raw descriptors share one direction, which would dominate the cosine.
+    """
+
+    def __init__(self, student_dim: int, teacher_dim: int = 128):
+        super().__init__()
+        self.linear = nn.Linear(student_dim, teacher_dim)
+        self.register_buffer("teacher_mean", torch.zeros(teacher_dim))
+
+    def target(self, descriptors: torch.Tensor) -> torch.Tensor:
+        return F.normalize(descriptors.float() - self.teacher_mean, dim=1)
+
+    def forward(self, identity: torch.Tensor) -> torch.Tensor:
+        return self.linear(identity.float())
+
+    def loss(self, projected: torch.Tensor, descriptors: torch.Tensor) -> torch.Tensor:
+        """Mean ``1 - cos`` between projected identity vectors (:meth:`forward`) and centred teacher descriptors."""
+        if projected.shape[0] == 0:
+            return projected.sum() * 0.0
+        return (1.0 - (F.normalize(projected, dim=1) * self.target(descriptors)).sum(1)).mean()
+
+
+def open_feature_teacher(name: str, device: torch.device) -> nn.Module:
+    """The frozen teacher network for ``feature_teacher`` (only ``dlib`` so far)."""
+    if name != "dlib":
+        raise TeacherError(f"feature_teacher: unknown teacher {name!r}")
+    from training.teachers.dlib_resnet import DlibResNet
+
+    try:
+        return DlibResNet().to(device)
+    except (RuntimeError, ValueError) as exc:
+        raise TeacherError(f"feature_teacher: {exc}") from None

@@ -230,13 +230,31 @@ def _describe(item, rel_source) -> str:
 
 # ----------------------------------------------------------------- execution
 
-class _Renderer:
-    """Decodes source images (cached), makes fakes and encodes JPEGs; thread-safe."""
+ALIGN_FRAME = 250  # the canonical frame of --align face: LFW's 250 px, face in the central half
 
-    def __init__(self, size: int, jpeg_quality: int, cache_items: int = 4096):
+
+class _Renderer:
+    """Decodes source images (cached), makes fakes and encodes JPEGs; thread-safe.
+
+    With ``align`` every source photo is first warped onto the canonical
+    frame (the ``lfw-centre`` template at margin 1.0 in 250 px: the face where
+    LFW deep-funneled has it), so the attacks' masks, which assume that
+    framing, sit on the same facial geometry whatever the source's framing.
+    A photo in which no face is found is kept as it is and counted.
+    """
+
+    def __init__(self, size: int, jpeg_quality: int, cache_items: int = 4096, align: bool = False):
         self.size = size
         self.quality = jpeg_quality
         self.load = lru_cache(maxsize=cache_items)(self._load)
+        self.unaligned: set[str] = set()
+        self.aligner = None
+        if align:
+            from engine.contract import ModelConfig
+            from engine.preprocess import Preprocessor
+
+            self.aligner = Preprocessor(ModelConfig(align="face", template="lfw-centre", margin=1.0),
+                                        size=ALIGN_FRAME)
 
     def _load(self, path: str) -> np.ndarray:
         from engine.preprocess import ImageError, decode, preprocess
@@ -245,8 +263,15 @@ class _Renderer:
             data = Path(path).read_bytes()
         except OSError as exc:
             raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+        from engine.preprocess import NoFaceError
+
         try:
             rgb = decode(data, path)
+            if self.aligner is not None:
+                try:
+                    rgb = self.aligner.prepare(rgb, path).image
+                except NoFaceError:
+                    self.unaligned.add(path)
             if self.size:
                 rgb = preprocess(rgb, self.size, path)
         except ImageError as exc:
@@ -322,13 +347,20 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, seed: int = 0, fa
             test_pairs: tuple[int, int, int, int] = DEFAULT_TEST_PAIRS,
             exclude_lfw_pairs: str | os.PathLike | None = None, exclude_fold: int | None = None,
             excluded_to: str = "test", size: int = 0, jpeg_quality: int = 95, workers: int = 2,
-            progress: bool = True) -> dict:
+            progress: bool = True, unlabelled: bool = False, align: str = "face") -> dict:
     """Write the deepfake-aware dataset to ``out``; returns the summary (also in ``out/summary.json``).
 
     ``exclude_lfw_pairs``/``exclude_fold`` (1-based: fold 1 is the first 600
     pairs after the header) keep every identity of that LFW fold out of
     train and val: they go to test (``excluded_to="test"``) or are dropped
     (``"drop"``), so the standard LFW fold can be scored without leakage.
+    ``align="face"`` warps every photo onto one canonical frame before the
+    fakes are made (see ``_Renderer``); ``"none"`` takes the photos as they
+    are (right for LFW deep-funneled, which is aligned already).
+    ``unlabelled`` also copies the photos of identities with fewer than
+    ``min_images`` images (never an excluded identity) to
+    ``train/unlabelled/<n>.jpg``: no pair can use them, but distillation
+    from a teacher needs no labels (LFW has ~4k such people).
     Raises :class:`DataError` for bad source data, :class:`PrepareError` for
     bad arguments or an output folder that would be overwritten.
     """
@@ -350,6 +382,8 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, seed: int = 0, fa
         raise PrepareError("exclude_lfw_pairs and exclude_fold go together")
     if size and size < 16:
         raise PrepareError(f"size must be 0 (keep) or >= 16, got {size}")
+    if align not in ("face", "none"):
+        raise PrepareError(f"align must be 'face' or 'none', got {align!r}")
     if not 1 <= jpeg_quality <= 100:
         raise PrepareError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
     if not source.is_dir():
@@ -406,6 +440,9 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, seed: int = 0, fa
                                                   rel_source) if val else ([], [], [])
     test_jobs, test_rows, test_sources = _plan_pairs("test", test, by_identity, tuple(test_pairs), seed, rng,
                                                      rel_source) if test else ([], [], [])
+    lone = [path for name in sorted(all_images) if name not in by_identity and name not in forced
+            for path in all_images[name]] if unlabelled else []
+    lone_jobs = [Job(f"train/unlabelled/{i:06d}.jpg", path) for i, path in enumerate(lone)]
 
     summary = {
         "source": str(source),
@@ -413,13 +450,14 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, seed: int = 0, fa
         "settings": {"fakes_per_identity": fakes_per_identity, "min_images": min_images,
                      "val_fraction": val_fraction, "test_fraction": test_fraction,
                      "val_pairs": list(val_pairs), "test_pairs": list(test_pairs), "size": size,
-                     "jpeg_quality": jpeg_quality},
+                     "jpeg_quality": jpeg_quality, "align": align},
         "excluded": excluded_info,
         "identities": {"source": len(all_images), "usable": len(by_identity),
                        "unused": len(all_images) - len(by_identity)},
         "train": {"identities": len(train), "images": len(meta),
                   "real": sum(v == 0 for v in meta.values()), "fake": sum(v == 1 for v in meta.values()),
-                  "fakes_by_attack": dict(sorted(Counter(f["attack"] for f in fakes.values()).items()))},
+                  "fakes_by_attack": dict(sorted(Counter(f["attack"] for f in fakes.values()).items())),
+                  "unlabelled": len(lone_jobs)},
     }
     for split, names, rows in (("val", val, val_rows), ("test", test, test_rows)):
         by_type = Counter(r[2] for r in rows)
@@ -437,13 +475,17 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, seed: int = 0, fa
     cv2.setNumThreads(1)  # parallelism comes from the job pool; nested pools only contend
     try:
         tmp.mkdir()
-        renderer = _Renderer(size, jpeg_quality)
-        jobs = train_jobs + val_jobs + test_jobs
+        renderer = _Renderer(size, jpeg_quality, align=align == "face")
+        jobs = train_jobs + lone_jobs + val_jobs + test_jobs
         # Every image of a used identity must decode, even one no pair happens to
         # draw: a broken source file is an error, never silently skipped.
         rendered = {j.target for j in jobs} | {j.other for j in jobs if j.other}
         checks = [Job("", path) for name in train + val + test for path in by_identity[name] if path not in rendered]
-        _run_jobs(checks + jobs, tmp, renderer, workers, progress)
+        try:
+            _run_jobs(checks + jobs, tmp, renderer, workers, progress)
+        finally:
+            if renderer.aligner is not None:
+                renderer.aligner.close()
         _write_json(tmp / "train" / "meta.json", meta)
         _write_json(tmp / "train" / "fakes.json", fakes)
         _write_json(tmp / "train" / "identities.json", numbers)
@@ -452,6 +494,8 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, seed: int = 0, fa
                 _write_csv(tmp / split / "pairs.csv", ("pair_id", "label", "type", "attack"), rows)
                 _write_csv(tmp / split / "sources.csv",
                            ("pair_id", "identity_0", "source_0", "identity_1", "source_1"), sources)
+        if align == "face":
+            summary["unaligned"] = len(renderer.unaligned)  # photos with no face found, kept as they are
         _write_json(tmp / "summary.json", summary)
         if _is_nonempty_dir(out) and not force:
             raise PrepareError(f"{out}: became non-empty while preparing; pass --force to replace it")
@@ -476,7 +520,8 @@ def format_summary(summary: dict) -> str:
     lines = [f"source {summary['source']} (seed {summary['seed']}): {summary['identities']['source']} identities, "
              f"{summary['identities']['usable']} used",
              f"train: {t['identities']} identities, {t['images']} images ({t['real']} real, {t['fake']} fake: "
-             + ", ".join(f"{k} {v}" for k, v in t["fakes_by_attack"].items()) + ")"]
+             + ", ".join(f"{k} {v}" for k, v in t["fakes_by_attack"].items()) + ")"
+             + (f"; {t['unlabelled']} unlabelled" if t.get("unlabelled") else "")]
     for split in ("val", "test"):
         s = summary[split]
         lines.append(f"{split}: {s['identities']} identities, {s['pairs']} pairs ("
@@ -486,6 +531,8 @@ def format_summary(summary: dict) -> str:
         e = summary["excluded"]
         lines.append(f"excluded from train/val: {e['identities']} identities of LFW fold {e['fold']} "
                      f"({e['pairs_file']}), placed: {e['placed']}")
+    if summary.get("unaligned"):
+        lines.append(f"{summary['unaligned']} photo(s) with no face found were used unaligned")
     if "seconds" in summary:
         lines.append(f"done in {summary['seconds']} s")
     return "\n".join(lines)
@@ -536,6 +583,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality of every written image (default 95)")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="threads decoding, synthesising and encoding (default: min(4, CPUs))")
+    parser.add_argument("--align", choices=("face", "none"), default="face",
+                        help="face (default): detect each face and warp the photo onto one canonical 250 px frame "
+                             "before synthesising fakes, so the attack masks sit on the face whatever the framing; "
+                             "none: use the photos as they are (LFW deep-funneled is aligned already)")
+    parser.add_argument("--unlabelled", action="store_true",
+                        help="also copy the photos of identities with fewer than --min-images images (never an "
+                             "excluded one) to train/unlabelled/, for distillation, which needs no labels")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     args = parser.parse_args(argv)
     try:

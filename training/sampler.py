@@ -28,7 +28,8 @@ class PKSampler:
     """Batch sampler yielding lists of ``(dataset_index, augmentation_seed)``."""
 
     def __init__(self, identity: Sequence[int], is_fake: Sequence[bool], p: int, k: int, fake_share: float = 0.25,
-                 seed: int = 0, rank: int = 0, world_size: int = 1, steps_per_epoch: int = 0):
+                 seed: int = 0, rank: int = 0, world_size: int = 1, steps_per_epoch: int = 0,
+                 extra: int = 0, extra_per_batch: int = 0):
         if p < 2 or k < 2:
             raise SamplerError(f"need p >= 2 and k >= 2, got p={p}, k={k}")
         if not 0 <= rank < world_size:
@@ -54,6 +55,10 @@ class PKSampler:
             raise SamplerError(f"only {len(self.identities)} identities have 2+ real images; p={p} needs more")
         auto = len(self.identities) // (p * world_size)
         self.steps_per_epoch = steps_per_epoch or max(1, auto)
+        # Unlabelled images (dataset indices len(identity) .. +extra) appended to
+        # each batch, drawn from their own stream so the labelled part of a
+        # batch does not depend on them.
+        self.extra_start, self.extra, self.extra_per_batch = len(identity), extra, extra_per_batch if extra else 0
         self.epoch = 0
         self.start = 0
 
@@ -68,10 +73,12 @@ class PKSampler:
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "start": self.start, "seed": self.seed, "p": self.p, "k": self.k,
-                "n_fake": self.n_fake, "steps_per_epoch": self.steps_per_epoch, "world_size": self.world_size}
+                "n_fake": self.n_fake, "steps_per_epoch": self.steps_per_epoch, "world_size": self.world_size,
+                "extra_per_batch": self.extra_per_batch}
 
     def load_state_dict(self, state: dict) -> None:
-        for key in ("seed", "p", "k", "n_fake", "steps_per_epoch", "world_size"):
+        state.setdefault("extra_per_batch", 0)  # checkpoints from before unlabelled images
+        for key in ("seed", "p", "k", "n_fake", "steps_per_epoch", "world_size", "extra_per_batch"):
             if state[key] != getattr(self, key):
                 raise SamplerError(f"sampler state was saved with {key}={state[key]}, "
                                    f"this run has {getattr(self, key)}; resume needs the same value")
@@ -86,6 +93,8 @@ class PKSampler:
     def epoch_batches(self, epoch: int) -> list[list[tuple[int, int]]]:
         """This rank's batches of ``epoch`` (all of them, from step 0)."""
         rng = np.random.default_rng([self.seed, epoch])
+        extra_rng = np.random.default_rng([self.seed, epoch, 1])
+        extra_order: deque = deque()
         order: deque = deque()
         batches = []
         for _ in range(self.steps_per_epoch * self.world_size):
@@ -108,7 +117,12 @@ class PKSampler:
                 if n_fake:
                     indices += self._pick(rng, fakes, n_fake)
             seeds = rng.integers(0, 2**62, len(indices)).tolist()
-            batches.append(list(zip(indices, seeds)))
+            batch = list(zip(indices, seeds))
+            for _ in range(self.extra_per_batch):
+                if not extra_order:
+                    extra_order.extend((self.extra_start + extra_rng.permutation(self.extra)).tolist())
+                batch.append((extra_order.popleft(), int(extra_rng.integers(0, 2**62))))
+            batches.append(batch)
         return batches[self.rank::self.world_size]
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:

@@ -169,21 +169,26 @@ def lr_at(step: int, total: int, warmup: int, base: float, min_ratio: float) -> 
 class Trainee(nn.Module):
     """The embedder plus the optional auxiliary head, as one module for DDP.
 
-    Returns ``(embedding, identity part, realness logit or None, aux loss or None)``.
+    Returns ``(embedding, identity part, realness logit or None, aux loss or None,
+    identity projected for feature distillation or None)`` (all inside forward, so DDP syncs every gradient).
     """
 
-    def __init__(self, embedder: FaceEmbedder, head: MarginSoftmaxHead | None = None):
+    def __init__(self, embedder: FaceEmbedder, head: MarginSoftmaxHead | None = None, projection=None):
         super().__init__()
         self.embedder = embedder
         self.head = head
+        self.projection = projection  # training.distill.FeatureProjection (feature distillation) or None
 
     def forward(self, images: torch.Tensor, class_id: torch.Tensor | None = None):
+        """``class_id`` -1 marks unlabelled rows, which the auxiliary head skips."""
         identity, logit = self.embedder.parts(images)
         emb = self.embedder.combine(identity, logit)
+        projected = self.projection(identity) if self.projection is not None else None
         if self.head is None:
-            return emb, identity, logit, None
+            return emb, identity, logit, None, projected
+        labelled = class_id >= 0
         with torch.autocast(device_type=images.device.type, enabled=False):
-            return emb, identity, logit, self.head.loss(emb.float(), class_id)
+            return emb, identity, logit, self.head.loss(emb[labelled].float(), class_id[labelled]), projected
 
 
 def build_optimizer(config: TrainConfig, module: nn.Module) -> torch.optim.Optimizer:
@@ -236,6 +241,18 @@ def load_init(model: FaceEmbedder, path: str, sample_images=None) -> dict:
         return load_torchvision_backbone(model, state)
     except (ValueError, RuntimeError) as exc:
         raise TrainError(f"init: {path}: {exc}") from None
+
+
+def _teacher_mean(teacher: nn.Module, dataset, rt: Runtime, seed: int, n: int = 512) -> torch.Tensor:
+    """The teacher's mean descriptor over up to ``n`` un-augmented real training views (a fixed draw)."""
+    real = np.flatnonzero(~dataset.labels.is_fake)
+    pick = np.sort(np.random.default_rng(seed).choice(real, min(n, len(real)), replace=False))
+    total = torch.zeros(128)
+    for start in range(0, len(pick), 64):
+        views = torch.from_numpy(np.stack([dataset.images.views(int(i))[1] for i in pick[start:start + 64]]))
+        with torch.no_grad():
+            total += teacher(views.to(rt.device)).float().sum(0).cpu()
+    return total / len(pick)
 
 
 def _real_images(dataset, n: int, seed: int) -> torch.Tensor:
@@ -320,7 +337,7 @@ def train(config: TrainConfig, resume: bool = False, stop_after_steps: int = 0, 
     """
     from engine.datasets import read_kryptonite_train, read_pair_folder
     from training.data import PairSet, TrainDataset, sample_key, subset_pairs, train_loader
-    from training.distill import load_teacher, relational_loss
+    from training.distill import FeatureProjection, TeacherError, load_teacher, open_feature_teacher, relational_loss
     from training.sampler import PKSampler
 
     run_dir = config.run_dir()
@@ -347,15 +364,44 @@ def train(config: TrainConfig, resume: bool = False, stop_after_steps: int = 0, 
     from engine.preprocess import Preprocessor
 
     preprocessor = Preprocessor(config.model_config())  # the model's contract: what convert and the runtime use
+    feature_teacher = None
+    extra: list = []
+    if config.feature_teacher and config.feature_weight > 0:
+        try:
+            feature_teacher = open_feature_teacher(config.feature_teacher, rt.device)
+        except TeacherError as exc:
+            raise TrainError(str(exc)) from None
+        if config.extra_per_batch:
+            from training.data import usable_extra_images
+
+            folders = [f.strip() for f in config.extra_images.split(",") if f.strip()]
+            try:
+                extra, skipped = usable_extra_images(folders, preprocessor, progress and rt.main)
+            except FileNotFoundError as exc:
+                raise TrainError(str(exc)) from None
+            if not extra:
+                raise TrainError(f"extra_images: no usable face photo in {config.extra_images}")
+            if rt.main:
+                print(f"extra images: {len(extra)} with a face, {len(skipped)} skipped"
+                      + (f" (e.g. {skipped[0]})" if skipped else ""), file=sys.stderr)
+    teacher_size = feature_teacher.chip_size if feature_teacher is not None else 0
     dataset = TrainDataset(samples, config.input_size, config.augment, config.cache_images, teacher_index,
-                           config.crop_fraction, preprocessor)
+                           config.crop_fraction, preprocessor, teacher_size, extra, progress and rt.main)
+    if dataset.faceless and rt.main:
+        first = next(iter(dataset.faceless.values()))
+        print(f"left out {len(dataset.faceless)} training image(s) with no face found (e.g. {first})",
+              file=sys.stderr)
     sampler = PKSampler(dataset.labels.identity, dataset.labels.is_fake, config.p, config.k, config.fake_share,
-                        config.seed, rt.rank, rt.world_size, config.steps_per_epoch)
+                        config.seed, rt.rank, rt.world_size, config.steps_per_epoch, len(extra),
+                        config.extra_per_batch)
     loader = train_loader(dataset, sampler, config.workers, pin_memory=rt.device.type == "cuda")
     pairset = None
     if config.validate and rt.main:
         pairs = subset_pairs(read_pair_folder(Path(config.data_dir) / "val"), config.val_max_pairs, config.seed)
         pairset = PairSet(pairs, config.input_size, config.cache_images, config.crop_fraction, preprocessor)
+        if pairset.dropped:
+            print(f"left out {pairset.dropped} validation pair(s) with an image where no face is found",
+                  file=sys.stderr)
 
     # Model (same init on every rank; DDP also broadcasts rank 0's weights)
     embedder = get_model(config.model_config(), dropout=config.dropout)
@@ -368,7 +414,12 @@ def train(config: TrainConfig, resume: bool = False, stop_after_steps: int = 0, 
     if config.aux_head != "none":
         head = MarginSoftmaxHead(config.embedding_dim, dataset.labels.num_classes, config.aux_head,
                                  config.aux_scale, config.aux_margin)
-    net = Trainee(embedder, head).to(rt.device)
+    projection = None
+    if feature_teacher is not None:
+        projection = FeatureProjection(config.embedding_dim - int(config.realness_weight > 0))
+        if saved is None:  # the teacher's mean descriptor over a fixed draw of clean real training views
+            projection.teacher_mean.copy_(_teacher_mean(feature_teacher, dataset, rt, config.seed))
+    net = Trainee(embedder, head, projection).to(rt.device)
     if config.channels_last:
         net = net.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(config, net)
@@ -378,7 +429,7 @@ def train(config: TrainConfig, resume: bool = False, stop_after_steps: int = 0, 
     warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
     if rt.main:
         precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[rt.dtype]
-        print(f"{config.name}: {len(samples)} train images ({int(dataset.labels.is_fake.sum())} fakes), "
+        print(f"{config.name}: {len(dataset.samples)} train images ({int(dataset.labels.is_fake.sum())} fakes), "
               f"{len(sampler.identities)} identities; {rt.world_size} process(es) on {rt.device}, {precision}, "
               f"{torch.get_num_threads()} threads; {steps_per_epoch} steps/epoch of "
               f"{config.p}x{config.k}x{rt.world_size} images; {len(pairset.pairs) if pairset else 0} val pairs",
@@ -454,6 +505,7 @@ def train(config: TrainConfig, resume: bool = False, stop_after_steps: int = 0, 
                                           "realness": 0.0, "active": 0.0, "d_ap": 0.0, "d_an": 0.0, "steps": 0, "images": 0,
                                           "seconds": 0.0}
         sums.setdefault("realness", 0.0)  # mid-epoch checkpoints from before the realness loss
+        sums.setdefault("feature", 0.0)
         bar = tqdm(total=steps_per_epoch, initial=progress_state["step"], desc=f"epoch {epoch}/{config.epochs}",
                    disable=not (progress and rt.main), leave=False, file=sys.stderr)
         tick = time.perf_counter()
@@ -464,22 +516,31 @@ def train(config: TrainConfig, resume: bool = False, stop_after_steps: int = 0, 
             images = batch["image"].to(rt.device, non_blocking=True)
             identity = batch["identity"].to(rt.device)
             is_fake = batch["is_fake"].to(rt.device)
+            labelled = identity >= 0  # the rest are unlabelled extra photos (feature distillation only)
             with rt.autocast():
-                emb, id_part, logit, aux = model(images, batch["class_id"].to(rt.device) if head is not None
+                emb, id_part, logit, aux, projected = model(images, batch["class_id"].to(rt.device) if head is not None
                                                  else None)
-            trip, stats = triplet_loss(emb, identity, is_fake, config.mining, config.margin, config.fake_fake)
+            trip, stats = triplet_loss(emb[labelled], identity[labelled], is_fake[labelled], config.mining,
+                                       config.margin, config.fake_fake)
             loss = trip
             if aux is not None:
                 loss = loss + config.aux_weight * aux
-            distill = realness = None
+            distill = realness = feature = None
             if teacher_emb is not None:
                 # On the identity part only: the teacher knows people, not fakes.
                 t_idx = batch["teacher"].to(rt.device)
                 has = t_idx >= 0
                 distill = relational_loss(id_part[has], teacher_emb[t_idx[has]])
                 loss = loss + config.distill_weight * distill
+            if feature_teacher is not None:
+                real = ~is_fake  # the teacher knows people, not fakes
+                with torch.no_grad(), rt.autocast():
+                    descriptors = feature_teacher(batch["teacher_image"].to(rt.device)[real]).float()
+                feature = net.projection.loss(projected[real], descriptors)
+                loss = loss + config.feature_weight * feature
             if logit is not None:
-                realness = nn.functional.binary_cross_entropy_with_logits(logit, 1.0 - is_fake.float())
+                realness = nn.functional.binary_cross_entropy_with_logits(logit[labelled],
+                                                                          1.0 - is_fake[labelled].float())
                 loss = loss + config.realness_loss * realness
             if not torch.isfinite(loss):
                 raise TrainError(f"epoch {epoch} step {progress_state['step']}: loss is {loss.item()} "
@@ -500,6 +561,7 @@ def train(config: TrainConfig, resume: bool = False, stop_after_steps: int = 0, 
             sums["aux"] += aux.item() if aux is not None else 0.0
             sums["distill"] += distill.item() if distill is not None else 0.0
             sums["realness"] += realness.item() if realness is not None else 0.0
+            sums["feature"] += feature.item() if feature is not None else 0.0
             for key in ("active", "d_ap", "d_an"):
                 sums[key] += stats[key]
             sums["steps"] += 1
@@ -558,7 +620,7 @@ def _barrier(rt: Runtime) -> None:
 
 
 def _epoch_row(epoch: int, state: dict, sums: dict, optimizer, rt: Runtime) -> dict:
-    keys = ("loss", "triplet", "aux", "distill", "realness", "active", "d_ap", "d_an")
+    keys = ("loss", "triplet", "aux", "distill", "feature", "realness", "active", "d_ap", "d_an")
     totals = torch.tensor([sums[k] for k in keys] + [sums["steps"]], dtype=torch.float64)
     if rt.distributed:  # mean over ranks (each saw its own batches)
         torch.distributed.all_reduce(totals)

@@ -66,7 +66,7 @@ def test_round_trip_layout_and_counts(small_faces, tmp_path):
     assert set(attacks) == set(ATTACKS) and max(attacks.values()) - min(attacks.values()) <= 1
     assert all(s.attack == "" for s in samples if not s.is_fake)
     assert summary["train"] == {"identities": n_train, "images": len(samples), "real": 3 * n_train,
-                                "fake": 3 * n_train, "fakes_by_attack": dict(sorted(attacks.items()))}
+                                "fake": 3 * n_train, "fakes_by_attack": dict(sorted(attacks.items())), "unlabelled": 0}
     img = load_image(samples[0].path, 64)
     assert img.shape == (64, 64, 3)
     meta = json.loads((out / "train" / "meta.json").read_text())
@@ -244,6 +244,26 @@ def test_single_image_identities_unused_by_default(tmp_path):
     assert "solo" not in set().union(*_split_identities(out).values())
 
 
+def test_unlabelled_copies_lone_identities_but_never_excluded_ones(tmp_path):
+    root = make_identity_folders(tmp_path / "faces", 10, 2)
+    for name in ("solo", "excluded_solo"):
+        write_jpeg(root / name / f"{name}_0001.jpg", synthetic_face(len(name), 64))
+    pairs_txt = tmp_path / "pairs.txt"
+    pairs_txt.write_text("1\t1\nperson_00\t1\t2\nperson_01\t1\texcluded_solo\t1\n")
+    out = tmp_path / "out"
+    summary = prep.prepare(root, out, unlabelled=True, exclude_lfw_pairs=pairs_txt, exclude_fold=1, **SMALL)
+    lone = sorted((out / "train" / "unlabelled").iterdir())
+    assert summary["train"]["unlabelled"] == 1 and [p.name for p in lone] == ["000000.jpg"]
+    solo = load_image(root / "solo" / "solo_0001.jpg", 64).astype(int)
+    assert np.abs(load_image(lone[0], 64).astype(int) - solo).mean() < 3  # the solo photo (JPEG re-encoded)
+    # The unlabelled photos do not change the labelled splits.
+    plain = tmp_path / "plain"
+    prep.prepare(root, plain, exclude_lfw_pairs=pairs_txt, exclude_fold=1, **SMALL)
+    assert {k: v for k, v in _files(out).items() if "unlabelled" not in k and k != "summary.json"} == \
+        {k: v for k, v in _files(plain).items() if k != "summary.json"}
+    assert "unlabelled" in prep.format_summary(summary)
+
+
 @pytest.mark.data
 def test_real_lfw_subset(face_data, tmp_path):
     """A few real LFW identities end to end: fakes differ from every real photo of their identity."""
@@ -264,3 +284,31 @@ def test_real_lfw_subset(face_data, tmp_path):
     assert min(np.abs(img.astype(int) - r.astype(int)).mean() for r in reals) > 2
     assert _leftovers(tmp_path) == []
     assert {IMPOSTOR, GENUINE} <= {p.type for p in read_pair_folder(out / "test")}
+
+
+@pytest.mark.data
+def test_align_face_puts_every_photo_on_the_canonical_frame(face_data, tmp_path):
+    """Photos framed differently (LFW padded off-centre) come out with the face where the attacks expect it."""
+    from engine.align import template_points
+    from engine.detect import open_detector
+
+    lfw = face_data / "lfw-deepfunneled"
+    src = tmp_path / "padded"
+    names = sorted(p.name for p in lfw.iterdir() if len(list(p.iterdir())) >= 3)[:10]
+    for i, name in enumerate(names):
+        for f in sorted((lfw / name).iterdir())[:3]:
+            canvas = np.full((420, 360, 3), 128, np.uint8)
+            canvas[30 + 10 * i: 280 + 10 * i, 80:330] = load_image(f, 250)
+            write_jpeg(src / name / f.name, canvas)
+    out = tmp_path / "out"
+    summary = prep.prepare(src, out, **dict(SMALL, val_pairs=(2, 2, 2, 1), test_pairs=(2, 2, 2, 1)))
+    assert summary["settings"]["align"] == "face" and summary["unaligned"] == 0
+    target = template_points("lfw-centre", prep.ALIGN_FRAME, 1.0)
+    detector = open_detector()
+    reals = [s for s in read_kryptonite_train(out) if not s.is_fake]
+    for s in reals[:8]:
+        img = load_image(s.path, 250)
+        assert img.shape == (250, 250, 3)
+        eyes = detector.detect(img)[0].keypoints[:2]
+        assert np.abs(eyes - target[:2]).max() < 8, (s.path, eyes, target[:2])
+    detector.close()

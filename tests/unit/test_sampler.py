@@ -126,3 +126,20 @@ def test_bad_inputs():
         PKSampler(identity, is_fake, p=2, k=2, fake_share=0.5)
     with pytest.raises(SamplerError, match="rank"):
         PKSampler(identity, is_fake, p=2, k=2, rank=2, world_size=2)
+
+
+def test_unlabelled_extras_are_appended_without_changing_the_labelled_batches():
+    identity, is_fake = make_labels()
+    plain = PKSampler(identity, is_fake, p=4, k=4, seed=3, steps_per_epoch=12)
+    mixed = PKSampler(identity, is_fake, p=4, k=4, seed=3, steps_per_epoch=12, extra=5, extra_per_batch=3)
+    n = len(identity)
+    seen = Counter()
+    for a, b in zip(plain.epoch_batches(1), mixed.epoch_batches(1)):
+        assert b[:16] == a                                   # the labelled part is untouched
+        extras = [i for i, _ in b[16:]]
+        assert len(extras) == 3 and all(n <= i < n + 5 for i in extras)
+        seen.update(extras)
+    assert set(seen) == set(range(n, n + 5)) and max(seen.values()) - min(seen.values()) <= 1  # passes, not draws
+    state = mixed.state_dict()
+    with pytest.raises(SamplerError, match="extra_per_batch"):
+        plain.load_state_dict(state)

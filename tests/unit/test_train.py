@@ -245,3 +245,67 @@ def test_torchrun_two_cpu_processes_train_one_epoch(dataset, tmp_path):
     assert [r["epoch"] for r in rows] == [0, 1] and rows[1]["loss"] > 0 and rows[1]["val_eer"] is not None
     # the optimizer stepped on gradients averaged over both processes
     assert any(st["exp_avg"].abs().sum() > 0 for st in state["optimizer"]["state"].values())
+
+
+class _CentreDetector:
+    """Stands in for BlazeFace on the synthetic faces: one face with the lfw-centre keypoints
+    (so the aligned crop is the centre crop), none in a black image."""
+
+    def detect(self, rgb):
+        from engine.align import template_points
+        from engine.detect import Face
+
+        if rgb.mean() < 5:
+            return []
+        h, w = rgb.shape[:2]
+        side = min(h, w) / 2
+        pts = template_points("lfw-centre", 112) * side / 112 + ((w - side) / 2, (h - side) / 2)
+        kp = np.vstack([pts, pts[:2]])
+        return [Face((0.0, 0.0, float(w), float(h)), 0.9, kp)]
+
+    def close(self):
+        pass
+
+
+def test_feature_distillation_on_aligned_faces_with_unlabelled_photos(dataset, tmp_path, monkeypatch, capsys):
+    """Teacher run on each view, unlabelled photos in every batch, faceless images left out, exact resume."""
+    import shutil
+
+    from test_teachers import write_fake_dat
+    from training.teachers import dlib_resnet
+
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    meta = json.loads((data / "train" / "meta.json").read_text())
+    write_jpeg(data / "train" / "images" / "00000" / "9.jpg", np.zeros((64, 64, 3), np.uint8))
+    meta["00000/9.jpg"] = 0
+    (data / "train" / "meta.json").write_text(json.dumps(meta))
+    extra = tmp_path / "extra"
+    for i in range(5):
+        write_jpeg(extra / f"{i}.jpg", synthetic_face(777 + i, size=64))
+    write_jpeg(extra / "black.jpg", np.zeros((64, 64, 3), np.uint8))
+    dat = tmp_path / "teacher.dat"
+    write_fake_dat(dat, np.random.default_rng(1))
+    monkeypatch.setattr(dlib_resnet, "default_weights", lambda: dat)
+    monkeypatch.setattr("engine.detect.open_detector", lambda *a, **k: _CentreDetector())
+
+    opts = ["align=face", "align_template=lfw-centre", "feature_teacher=dlib", "feature_weight=2",
+            f"extra_images={extra}", "extra_per_batch=3", "epochs=2", "steps_per_epoch=2"]
+    full = tmp_path / "full"
+    train(tiny(data, full, *opts), progress=False)
+    err = capsys.readouterr().err
+    assert "extra images: 5 with a face, 1 skipped" in err
+    assert "left out 1 training image(s) with no face found" in err
+    row = [json.loads(line) for line in (full / "log.jsonl").read_text().splitlines()][-1]
+    assert 0 < row["feature"] < 2
+    assert row["loss"] == pytest.approx(row["triplet"] + 2 * row["feature"], rel=1e-5)
+    state = torch.load(full / "last.pt", weights_only=True)
+    assert state["model"]["projection.teacher_mean"].abs().sum() > 0
+    assert ModelConfig.load(full / "model.json").align == "face"
+
+    part = tmp_path / "part"
+    train(tiny(data, part, *opts), stop_after_steps=3, progress=False)
+    train(tiny(data, part, *opts), resume=True, progress=False)
+    resumed = torch.load(part / "last.pt", weights_only=True)["model"]
+    for key, value in state["model"].items():
+        assert torch.equal(resumed[key], value), key
