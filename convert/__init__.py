@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from convert.gate import DEFAULT_MIN_COSINE, DEFAULT_MIN_REALNESS_AGREEMENT
+
 DEFAULT_PRECISIONS = ("fp32", "fp16")
 # Raw export vs simplified graph: the same arithmetic, so only float rounding may differ.
 SIMPLIFY_MIN_COSINE = 0.99999
@@ -62,7 +64,9 @@ def convert_checkpoint(checkpoint, out, *, precision=DEFAULT_PRECISIONS, engine:
                        calib_count: int | None = None, calib_batch: int = 32,
                        int8_high_precision: str = "fp32",
                        val_pairs=None, val_limit: int | None = None, tolerance: float = 0.005,
-                       min_cosine: float | None = None, gate_images: int = DEFAULT_GATE_IMAGES,
+                       min_cosine: float | None = DEFAULT_MIN_COSINE,
+                       min_realness_agree: float | None = DEFAULT_MIN_REALNESS_AGREEMENT,
+                       gate_images: int = DEFAULT_GATE_IMAGES,
                        engine_options: dict | None = None, force: bool = False, quiet: bool = False,
                        verbose: bool = False) -> dict:
     """Convert the run folder ``checkpoint`` into the model folder ``out``; returns the report.
@@ -147,7 +151,8 @@ def convert_checkpoint(checkpoint, out, *, precision=DEFAULT_PRECISIONS, engine:
 
     report: dict = {
         "checkpoint": str(checkpoint), "config": config.to_dict(), "precisions": list(precisions),
-        "tolerance": tolerance, "min_cosine": min_cosine, "simplifier": simplifier,
+        "tolerance": tolerance, "min_cosine": min_cosine, "min_realness_agree": min_realness_agree,
+        "simplifier": simplifier,
         "modelopt_version": modelopt_version(),
         "evaluation": {"images": int(len(eval_images)), "source": eval_source,
                        "pairs": len(pairs) if pairs is not None else 0,
@@ -215,18 +220,18 @@ def convert_checkpoint(checkpoint, out, *, precision=DEFAULT_PRECISIONS, engine:
         report["reference"] = {"backend": "pytorch", "verification": ref_verification}
         if pairs is not None:
             report["evaluation"]["images"] = int(len(pairs.images))
+        realness = config.realness_weight > 0
         for p, path in files.items():
             check_onnx(path, config)
-            if pairs is not None:  # every validation image: drift and EER from one pass
-                emb_all = gate.embed_onnx(path, pairs.images)
-                emb = gate.compare_embeddings(ref_all, emb_all)
-                ver = gate.verification_metrics(pairs, emb_all)
-            else:
-                emb = gate.compare_embeddings(reference, gate.embed_onnx(path, eval_images))
-                ver = None
+            images, ref = (pairs.images, ref_all) if pairs is not None else (eval_images, reference)
+            out_p = gate.embed_onnx(path, images)
+            emb = gate.compare_embeddings(ref, out_p, realness)
+            # every validation image: drift and EER from one pass
+            ver = gate.verification_metrics(pairs, out_p) if pairs is not None else None
             report["variants"][p] = {"file": path.name, "bytes": _file_size(path), "seconds": timings[p],
-                                     "written": p in precisions, "embedding": emb, "verification": ver}
-        failures = gate.check_gates(report["variants"], ref_verification, tolerance, min_cosine)
+                                     "written": p in precisions, "embedding": emb, "verification": ver,
+                                     "openvino": gate.openvino_parity(path, images, ref, config, p, realness)}
+        failures = gate.check_gates(report["variants"], ref_verification, tolerance, min_cosine, min_realness_agree)
         for p, v in report["variants"].items():
             v["gate"] = "FAIL" if any(f.startswith(f"{p}:") for f in failures) else "pass"
         report["failures"] = failures

@@ -9,7 +9,7 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from convert import DEFAULT_GATE_IMAGES, DEFAULT_PRECISIONS
+    from convert import DEFAULT_GATE_IMAGES, DEFAULT_PRECISIONS, gate
     from convert.gate import DEFAULT_TOLERANCE
     from convert.precision import CALIB_METHODS, HIGH_PRECISION_TYPES
     from convert.simplify import SIMPLIFIERS
@@ -50,8 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--val-limit", type=int, default=None, help="use only the first N validation pairs")
     g.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                    help=f"largest allowed absolute EER drift from the PyTorch model (default {DEFAULT_TOLERANCE})")
-    g.add_argument("--min-cosine", type=float, default=None,
-                   help="also fail a variant whose min cosine to PyTorch embeddings is below this (default: off)")
+    g.add_argument("--min-cosine", type=float, default=gate.DEFAULT_MIN_COSINE,
+                   help="fail a variant whose worst image's cosine to the PyTorch embedding is below this, through "
+                        f"ONNX Runtime or OpenVINO (default {gate.DEFAULT_MIN_COSINE}; 0 = off)")
+    g.add_argument("--min-realness-agree", type=float, default=gate.DEFAULT_MIN_REALNESS_AGREEMENT,
+                   help="fail a variant whose realness coordinate keeps its sign on fewer images than this share "
+                        f"(default {gate.DEFAULT_MIN_REALNESS_AGREEMENT}; 0 = off)")
     g.add_argument("--gate-images", type=int, default=DEFAULT_GATE_IMAGES,
                    help=f"images for the export parity check when no validation pairs are given "
                         f"(default {DEFAULT_GATE_IMAGES})")
@@ -82,7 +86,7 @@ def main(argv=None) -> int:
             calib_root=args.calib_root, calib_method=args.calib_method, calib_count=args.calib_count,
             calib_batch=args.calib_batch, int8_high_precision=args.int8_high_precision,
             val_pairs=args.val_pairs, val_limit=args.val_limit, tolerance=args.tolerance,
-            min_cosine=args.min_cosine, gate_images=args.gate_images, engine_options=engine_kwargs(args),
+            min_cosine=args.min_cosine or None, min_realness_agree=args.min_realness_agree or None, gate_images=args.gate_images, engine_options=engine_kwargs(args),
             force=args.force, quiet=args.quiet, verbose=args.verbose)
     except GateError as exc:
         print(f"error: {exc}\nnothing was written to {args.out}", file=sys.stderr)

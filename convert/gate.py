@@ -2,8 +2,14 @@
 
 Two views of the same question, "did conversion change the model?":
 
-* embedding drift, ONNX Runtime (CPU) vs PyTorch on the same uint8 images:
-  cosine similarity per image (min, mean) and the largest absolute error;
+* embedding drift, ONNX Runtime (CPU) vs PyTorch on the same uint8 images,
+  and again through OpenVINO where it is installed (the default CPU
+  runtime, whose INT8 kernels round differently from ONNX Runtime's
+  emulation): cosine similarity per image (min, mean), the largest absolute
+  error and, for a model with a realness coordinate, the share of images
+  whose coordinate keeps its sign. The worst image must stay at cosine >=
+  ``min_cosine`` (default 0.98) and the sign agree on >= 99 %: a mean hides
+  the one face whose decision flips;
 * verification drift: the EER on a validation pair set, computed with the
   shared :mod:`engine.metrics` code, compared with the PyTorch model's EER.
   A variant whose EER moves by more than ``tolerance`` (absolute, default
@@ -21,6 +27,8 @@ from pathlib import Path
 import numpy as np
 
 DEFAULT_TOLERANCE = 0.005
+DEFAULT_MIN_COSINE = 0.98
+DEFAULT_MIN_REALNESS_AGREEMENT = 0.99
 DEFAULT_BATCH = 64
 
 
@@ -50,6 +58,23 @@ def embed_onnx(path_or_session, images: np.ndarray, *, batch_size: int = DEFAULT
     return np.concatenate(out).astype(np.float32, copy=False)
 
 
+def openvino_parity(path, images: np.ndarray, reference: np.ndarray, config, precision: str,
+                    realness: bool = False) -> dict | None:
+    """:func:`compare_embeddings` of ``path`` run by OpenVINO on the CPU against ``reference``;
+    None where OpenVINO is not installed (it is optional)."""
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is None:
+        return None
+    from engine.backends.openvino_backend import OpenVinoBackend
+
+    with OpenVinoBackend(path, input_size=config.input_size, embedding_dim=config.embedding_dim,
+                         precision=precision, max_batch=DEFAULT_BATCH, input_name=config.input_name,
+                         output_name=config.output_name) as backend:
+        out = np.concatenate([backend.embed(images[i:i + DEFAULT_BATCH]) for i in range(0, len(images), DEFAULT_BATCH)])
+    return compare_embeddings(reference, out, realness)
+
+
 def embed_torch(model, images: np.ndarray, *, batch_size: int = DEFAULT_BATCH) -> np.ndarray:
     """Embeddings of uint8 NHWC ``images`` from the PyTorch model (eval mode, no grad)."""
     import torch
@@ -62,8 +87,9 @@ def embed_torch(model, images: np.ndarray, *, batch_size: int = DEFAULT_BATCH) -
     return np.concatenate(out)
 
 
-def compare_embeddings(reference: np.ndarray, candidate: np.ndarray) -> dict:
-    """Cosine similarity per row (min, mean) and max absolute error between two embedding sets."""
+def compare_embeddings(reference: np.ndarray, candidate: np.ndarray, realness: bool = False) -> dict:
+    """Cosine similarity per row (min, mean) and max absolute error between two embedding sets;
+    with ``realness``, also ``realness_agree``: the share of rows whose last coordinate keeps its sign."""
     reference = np.asarray(reference, dtype=np.float64)
     candidate = np.asarray(candidate, dtype=np.float64)
     if reference.shape != candidate.shape:
@@ -73,8 +99,11 @@ def compare_embeddings(reference: np.ndarray, candidate: np.ndarray) -> dict:
     num = (reference * candidate).sum(1)
     den = np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1)
     cos = num / np.maximum(den, 1e-12)
-    return {"cos_min": float(cos.min()), "cos_mean": float(cos.mean()),
-            "max_abs": float(np.abs(reference - candidate).max()), "n": int(len(reference))}
+    out = {"cos_min": float(cos.min()), "cos_mean": float(cos.mean()),
+           "max_abs": float(np.abs(reference - candidate).max()), "n": int(len(reference))}
+    if realness:
+        out["realness_agree"] = float((np.sign(reference[:, -1]) == np.sign(candidate[:, -1])).mean())
+    return out
 
 
 # ------------------------------------------------------------------ validation pairs
@@ -150,25 +179,39 @@ def verification_metrics(pairs: ValidationPairs, embeddings: np.ndarray) -> dict
 # ------------------------------------------------------------------ gates
 
 def check_gates(variants: dict[str, dict], reference: dict, tolerance: float = DEFAULT_TOLERANCE,
-                min_cosine: float | None = None) -> list[str]:
+                min_cosine: float | None = DEFAULT_MIN_COSINE,
+                min_realness_agree: float | None = DEFAULT_MIN_REALNESS_AGREEMENT) -> list[str]:
     """The failures (empty list = pass) of each variant against the reference.
 
     ``variants[precision]`` holds ``embedding`` (from :func:`compare_embeddings`)
     and, when validation pairs were given, ``verification`` (from
     :func:`verification_metrics`); ``reference`` is the PyTorch model's
-    ``verification`` (or ``{}``). Records ``eer_drift`` in each variant that
-    has an EER. No I/O, so it is unit-tested directly.
+    ``verification`` (or ``{}``); ``openvino``, where present, is a second
+    ``embedding`` result held to the same bounds. Records ``eer_drift`` in
+    each variant that has an EER. No I/O, so it is unit-tested directly.
     """
     if tolerance < 0:
         raise ValueError(f"tolerance must be >= 0, got {tolerance}")
     failures = []
     for precision, result in variants.items():
-        emb = result.get("embedding") or {}
-        if emb and not np.isfinite(emb.get("cos_min", np.nan)):
-            failures.append(f"{precision}: non-finite embeddings (NaN/inf) from ONNX Runtime")
+        broken = False
+        for runtime, key in (("ONNX Runtime", "embedding"), ("OpenVINO", "openvino")):
+            emb = result.get(key) or {}
+            if not emb:
+                continue
+            if not np.isfinite(emb.get("cos_min", np.nan)):
+                failures.append(f"{precision}: non-finite embeddings (NaN/inf) from {runtime}")
+                broken = True
+                continue
+            if min_cosine is not None and emb["cos_min"] < min_cosine:
+                failures.append(f"{precision}: min cosine to PyTorch {emb['cos_min']:.6f} < {min_cosine} "
+                                f"({runtime})")
+            agree = emb.get("realness_agree")
+            if min_realness_agree is not None and agree is not None and agree < min_realness_agree:
+                failures.append(f"{precision}: realness coordinate keeps its sign on {agree:.2%} of images "
+                                f"< {min_realness_agree:.0%} ({runtime})")
+        if broken:
             continue
-        if min_cosine is not None and emb and emb["cos_min"] < min_cosine:
-            failures.append(f"{precision}: min cosine to PyTorch {emb['cos_min']:.6f} < {min_cosine}")
         ver = result.get("verification")
         if ver and reference.get("eer") is not None:
             drift = abs(ver["eer"] - reference["eer"])
@@ -193,19 +236,21 @@ def _fmt(value, digits: int = 4) -> str:
 
 def format_table(report: dict) -> str:
     """Markdown table: one row per variant (plus the PyTorch reference)."""
-    head = ("| variant | size (MB) | time (s) | cos min | cos mean | max abs err | EER | EER drift "
-            "| EER real | EER fake | gate |")
-    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    head = ("| variant | size (MB) | time (s) | cos min | cos mean | max abs err | cos min OpenVINO "
+            "| realness sign kept | EER | EER drift | EER real | EER fake | gate |")
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     ref = report.get("reference", {}).get("verification") or {}
     if ref:
-        lines.append(f"| pytorch fp32 | - | - | 1 | 1 | 0 | {_fmt(ref.get('eer'))} | - "
+        lines.append(f"| pytorch fp32 | - | - | 1 | 1 | 0 | - | - | {_fmt(ref.get('eer'))} | - "
                      f"| {_fmt(ref.get('eer_real'))} | {_fmt(ref.get('eer_fake'))} | reference |")
     for precision, v in report.get("variants", {}).items():
-        emb, ver = v.get("embedding") or {}, v.get("verification") or {}
+        emb, ver, ov = v.get("embedding") or {}, v.get("verification") or {}, v.get("openvino") or {}
+        agree = [e["realness_agree"] for e in (emb, ov) if e.get("realness_agree") is not None]
         size = v.get("bytes")
         lines.append(
             f"| {precision} | {_fmt(size / 1e6, 2) if size else '-'} | {_fmt(v.get('seconds'), 1)} "
             f"| {_fmt(emb.get('cos_min'), 6)} | {_fmt(emb.get('cos_mean'), 6)} | {_fmt(emb.get('max_abs'), 5)} "
+            f"| {_fmt(ov.get('cos_min'), 6)} | {_fmt(min(agree), 4) if agree else '-'} "
             f"| {_fmt(ver.get('eer'))} | {_fmt(v.get('eer_drift'))} | {_fmt(ver.get('eer_real'))} "
             f"| {_fmt(ver.get('eer_fake'))} | {v.get('gate', '-')} |")
     return "\n".join(lines)

@@ -105,6 +105,7 @@ class TrainConfig:
     device: str = "auto"             # auto | cpu | cuda
     precision: str = "auto"          # auto (CUDA: bf16, else fp16; CPU: bf16 with AMX, else fp32) | fp32 | bf16 | fp16
     channels_last: bool = True
+    loader: str = "cpu"              # cpu = DataLoader + OpenCV augmentation; device = all images on the device, augmented there (GPU path)
     threads: int = 0                 # torch threads per process (0 = all cores / local processes)
     workers: int = 0                 # DataLoader worker processes
     cache_images: bool = True        # keep decoded uint8 images in RAM
@@ -134,6 +135,7 @@ CHOICES = {
     "optimizer": ("adamw", "sgd"),
     "device": ("auto", "cpu", "cuda"),
     "precision": ("auto", "fp32", "bf16", "fp16"),
+    "loader": ("cpu", "device"),
 }
 
 _TRUE = {"true", "yes", "on", "1"}
@@ -304,6 +306,7 @@ def validate(config: TrainConfig) -> None:
     need(config.extra_per_batch >= 0, f"extra_per_batch: must be >= 0, got {config.extra_per_batch}")
     need(config.extra_per_batch == 0 or (bool(config.extra_images) and config.feature_weight > 0),
          "extra_per_batch > 0 needs extra_images and feature_weight > 0 (unlabelled images only serve distillation)")
+    need(config.loader == "cpu" or config.cache_images, "loader: device needs cache_images: true (it stacks them)")
     need(config.lr > 0.0, f"lr: must be > 0, got {config.lr}")
     need(config.weight_decay >= 0.0, f"weight_decay: must be >= 0, got {config.weight_decay}")
     need(0.0 <= config.momentum < 1.0, f"momentum: must be in [0, 1), got {config.momentum}")

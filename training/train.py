@@ -394,7 +394,14 @@ def train(config: TrainConfig, resume: bool = False, stop_after_steps: int = 0, 
     sampler = PKSampler(dataset.labels.identity, dataset.labels.is_fake, config.p, config.k, config.fake_share,
                         config.seed, rt.rank, rt.world_size, config.steps_per_epoch, len(extra),
                         config.extra_per_batch)
-    loader = train_loader(dataset, sampler, config.workers, pin_memory=rt.device.type == "cuda")
+    if config.loader == "device":  # the GPU path: images live on the device, augmented there
+        from training.device_data import DeviceBatches
+
+        on_device = DeviceBatches(dataset, rt.device, config.augment, progress and rt.main)
+        loader = None
+    else:
+        on_device = None
+        loader = train_loader(dataset, sampler, config.workers, pin_memory=rt.device.type == "cuda")
     pairset = None
     if config.validate and rt.main:
         pairs = subset_pairs(read_pair_folder(Path(config.data_dir) / "val"), config.val_max_pairs, config.seed)
@@ -509,7 +516,7 @@ def train(config: TrainConfig, resume: bool = False, stop_after_steps: int = 0, 
         bar = tqdm(total=steps_per_epoch, initial=progress_state["step"], desc=f"epoch {epoch}/{config.epochs}",
                    disable=not (progress and rt.main), leave=False, file=sys.stderr)
         tick = time.perf_counter()
-        for batch in loader:
+        for batch in (map(on_device, sampler) if on_device is not None else loader):
             lr = lr_at(progress_state["global_step"], total_steps, warmup_steps, config.lr, config.min_lr_ratio)
             for group in optimizer.param_groups:
                 group["lr"] = lr

@@ -32,6 +32,10 @@ def test_compare_embeddings_known_values():
     r = compare_embeddings(a, b)
     assert r["cos_min"] == pytest.approx(0.8) and r["cos_mean"] == pytest.approx(0.9)
     assert r["max_abs"] == pytest.approx(0.6) and r["n"] == 2
+    flipped = b.copy()
+    flipped[1, -1] = -flipped[1, -1]
+    assert compare_embeddings(b, flipped, realness=True)["realness_agree"] == pytest.approx(0.5)
+    assert "realness_agree" not in compare_embeddings(b, flipped)
     nan = compare_embeddings(a, np.full_like(a, np.nan))
     assert not np.isfinite(nan["cos_min"])
     with pytest.raises(ValueError, match="shapes differ"):
@@ -51,10 +55,15 @@ def test_check_gates():
     assert variants["fp16"]["eer_drift"] == pytest.approx(0.004)
     assert check_gates(variants, ref, tolerance=0.01) == []
     assert [f[:5] for f in check_gates(variants, ref, tolerance=0.0)] == ["fp16:", "int8:"]
-    # no validation pairs: only the optional cosine floor applies
+    # no validation pairs: only the worst-image cosine floor (default 0.98, None = off) applies
     no_pairs = {"int8": _variant(None, cos=0.95)}
-    assert check_gates(no_pairs, {}, 0.0) == []
-    assert check_gates(no_pairs, {}, 0.0, min_cosine=0.99)[0].startswith("int8: min cosine")
+    assert check_gates(no_pairs, {}, 0.0, min_cosine=None) == []
+    assert check_gates(no_pairs, {}, 0.0)[0].startswith("int8: min cosine to PyTorch 0.950000 < 0.98 (ONNX Runtime)")
+    # the OpenVINO pass is held to the same floor, and the realness sign must agree on >= 99 % of images
+    ov = {"int8": {**_variant(0.1), "openvino": {"cos_min": 0.97, "realness_agree": 0.95}}}
+    assert check_gates(ov, ref) == ["int8: min cosine to PyTorch 0.970000 < 0.98 (OpenVINO)",
+                                    "int8: realness coordinate keeps its sign on 95.00% of images < 99% (OpenVINO)"]
+    assert check_gates(ov, ref, min_cosine=0.9, min_realness_agree=0.9) == []
     assert "non-finite" in check_gates({"fp16": _variant(0.1, cos=float("nan"))}, ref)[0]
     with pytest.raises(ValueError):
         check_gates(variants, ref, tolerance=-1)
@@ -237,8 +246,9 @@ def test_cli_without_pairs_carries_the_threshold_and_force_replaces(setup, tmp_p
 def test_format_table_without_pairs():
     table = format_table({"variants": {"fp16": {"bytes": 2_000_000, "seconds": 1.0, "gate": "pass",
                                                 "embedding": {"cos_min": 0.9991, "cos_mean": 0.9995,
-                                                              "max_abs": 0.001}}}})
-    assert "| fp16 | 2.00 | 1.0 | 0.999100 | 0.999500 | 0.00100 | - | - | - | - | pass |" in table
+                                                              "max_abs": 0.001, "realness_agree": 1.0},
+                                                "openvino": {"cos_min": 0.9985, "realness_agree": 0.995}}}})
+    assert "| fp16 | 2.00 | 1.0 | 0.999100 | 0.999500 | 0.00100 | 0.998500 | 0.9950 | - | - | - | - | pass |" in table
 
 
 def test_verification_metrics_on_known_scores(setup):

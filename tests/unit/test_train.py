@@ -309,3 +309,18 @@ def test_feature_distillation_on_aligned_faces_with_unlabelled_photos(dataset, t
     resumed = torch.load(part / "last.pt", weights_only=True)["model"]
     for key, value in state["model"].items():
         assert torch.equal(resumed[key], value), key
+
+
+def test_device_loader_trains_and_resumes_exactly_on_the_cpu(dataset, tmp_path):
+    """The GPU path's data (images on the device, augmented there) runs the same code on the CPU."""
+    opts = ["loader=device", "epochs=2", "steps_per_epoch=3", "lr=5e-3"]
+    full = tmp_path / "full"
+    train(tiny(dataset, full, *opts), progress=False)
+    rows = [json.loads(line) for line in (full / "log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss"]) for r in rows[1:])
+    part = tmp_path / "part"
+    train(tiny(dataset, part, *opts), stop_after_steps=4, progress=False)
+    train(tiny(dataset, part, *opts), resume=True, progress=False)
+    a = torch.load(full / "last.pt", weights_only=True)["model"]
+    b = torch.load(part / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
