@@ -161,15 +161,16 @@ def detector_path(name: str = DEFAULT_DETECTOR) -> Path:
 
 
 def open_detector(name: str = DEFAULT_DETECTOR, backend: str = "auto", threads: int | None = None,
-                  max_batch: int = 32, **kwargs) -> FaceDetector:
+                  max_batch: int = 32, plan: str | Path | None = None, **kwargs) -> FaceDetector:
     """Open a shipped detector: ONNX Runtime on the CPU (``auto``), OpenVINO, or TensorRT.
 
     ``auto`` takes ONNX Runtime on the CPU: measured on the 2-core EPYC,
     it opens in 0.07 s against OpenVINO's 0.95 s compile, at the same speed
     (2.5 vs 2.9 ms/img, one thread), and a two-image call pays the opening.
 
-    ``backend="tensorrt"`` expects ``<name>.plan`` (+ sidecar) beside the ONNX
-    file, built with ``python -m convert.tensorrt_build``.
+    ``backend="tensorrt"`` runs ``plan`` (default ``<name>.plan`` beside the
+    ONNX file; + its sidecar), built on the target GPU with
+    ``python -m convert.tensorrt_build --onnx engine/models/detector/<name>.onnx``.
     """
     from engine.backends import BackendError
 
@@ -183,7 +184,7 @@ def open_detector(name: str = DEFAULT_DETECTOR, backend: str = "auto", threads: 
     if backend == "tensorrt":
         from engine.backends.tensorrt_backend import TensorRTBackend
 
-        runner = TensorRTBackend(path.with_suffix(".plan"), max_batch=max_batch,
+        runner = TensorRTBackend(plan or path.with_suffix(".plan"), max_batch=max_batch,
                                  input_name="images", output_name="detections")
     elif backend == "openvino":
         from engine.backends.openvino_backend import OpenVinoBackend

@@ -27,7 +27,8 @@ for name in ("torch", "tensorrt", "cuda.bindings", "onnxruntime", "onnx", "openv
 PY
 } > "$RESULTS/machine.txt" 2>&1
 
-# 1. Tests (pinned buffers, streams, graphs, TorchBackend on CUDA, TensorRT plan build + run): ~1-2 min.
+# 1. Tests (pinned buffers, streams, graphs, TorchBackend on CUDA, TensorRT plan build + run, the face detector
+#    as a TensorRT engine, the GPU training path: loader=device, bf16): ~1-2 min.
 timeout 150 python -m pytest tests/gpu -v -rs -p no:cacheprovider --junitxml="$RESULTS/gpu-tests.xml" \
   2>&1 | tee "$RESULTS/gpu-tests.log" || status=1
 

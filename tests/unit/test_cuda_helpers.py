@@ -190,8 +190,10 @@ class FakeTensorRT:
         def __init__(self, level):
             self.level = level
 
-    def __init__(self, runtime: FakeRuntime, infer, profile=(1, 4, 8), plan_bytes=b"FAKEPLAN"):
+    def __init__(self, runtime: FakeRuntime, infer, profile=(1, 4, 8), plan_bytes=b"FAKEPLAN", size=S, dim=D,
+                 output="embeddings"):
         self.rt, self.infer, self.profile, self.plan_bytes = runtime, infer, profile, plan_bytes
+        self.size, self.dim, self.output = size, dim, output
         self.deserialised = 0
         self.contexts = []
         fake = self
@@ -217,7 +219,7 @@ class FakeEngine:
         self.num_io_tensors = 2
 
     def get_tensor_name(self, i):
-        return ["images", "embeddings"][i]
+        return ["images", self.trt.output][i]
 
     def get_tensor_mode(self, name):
         return self.trt.TensorIOMode.INPUT if name == "images" else self.trt.TensorIOMode.OUTPUT
@@ -226,10 +228,10 @@ class FakeEngine:
         return self.trt.DataType.UINT8 if name == "images" else self.trt.DataType.FLOAT
 
     def get_tensor_shape(self, name):
-        return (-1, S, S, 3) if name == "images" else (-1, D)
+        return (-1, self.trt.size, self.trt.size, 3) if name == "images" else (-1, self.trt.dim)
 
     def get_tensor_profile_shape(self, name, profile):
-        return [(b, S, S, 3) for b in self.trt.profile]
+        return [(b, self.trt.size, self.trt.size, 3) for b in self.trt.profile]
 
     def create_execution_context(self):
         ctx = FakeContext(self.trt)
@@ -253,11 +255,12 @@ class FakeContext:
         return True
 
     def execute_async_v3(self, stream_handle):
-        n, src, dst = self.shape[0], self.addresses["images"], self.addresses["embeddings"]
+        t = self.trt
+        n, src, dst = self.shape[0], self.addresses["images"], self.addresses[t.output]
 
         def op():
             self.runs.append(n)
-            _view(dst, (n, D), np.float32)[:] = self.trt.infer(_view(src, (n, S, S, 3), np.uint8).copy())
+            _view(dst, (n, t.dim), np.float32)[:] = t.infer(_view(src, (n, t.size, t.size, 3), np.uint8).copy())
 
         self.trt.rt.enqueue(op)
         return True
@@ -545,3 +548,31 @@ def test_tensorrt_not_installed_is_a_clear_error(plan):
         pytest.skip("TensorRT is installed here")
     with pytest.raises(BackendError, match="TensorRT is not installed"):
         open_backend(plan, backend="tensorrt")
+
+
+@pytest.mark.data
+def test_face_detector_runs_on_the_tensorrt_backend_as_on_onnx_runtime(face_data, tmp_path):
+    """The shipped detector behind TensorRTBackend (its plan's I/O: uint8 images -> flat detections)
+    finds the same faces as on ONNX Runtime; the real engine runs in tests/gpu."""
+    from engine.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from engine.detect import FaceDetector, _io_shape, detector_path, open_detector
+    from engine.preprocess import load_image
+
+    onnx_path = detector_path("blazeface_full_range")
+    size, dim = _io_shape(onnx_path)
+    ort = OnnxRuntimeBackend(onnx_path, input_size=size, embedding_dim=dim, max_batch=8, input_name="images",
+                             output_name="detections")
+    plan = tmp_path / "blazeface_full_range.plan"
+    plan.write_bytes(b"FAKEPLAN")
+    sidecar_path(plan).write_text(json.dumps(sidecar(precision="fp32")))
+    rt = FakeRuntime()
+    trt = FakeTensorRT(rt, ort.embed, size=size, dim=dim, output="detections")
+    on_trt = FaceDetector(TensorRTBackend(plan, trt=trt, runtime=rt, input_name="images", output_name="detections"))
+    on_ort = open_detector()
+    photos = [load_image(p, 250) for p in sorted((face_data / "lfw-deepfunneled").rglob("*.jpg"))[:5]]
+    for a, b in zip(on_trt.detect_batch(photos), on_ort.detect_batch(photos)):
+        assert len(a) == len(b) >= 1
+        np.testing.assert_allclose(a[0].keypoints, b[0].keypoints, atol=1e-3)
+    on_trt.close()
+    on_ort.close()
+    ort.close()
