@@ -11,6 +11,18 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache_dir(tmp_path_factory):
+    """Compiled-model caches go to a temporary folder, not the user's ~/.cache."""
+    old = os.environ.get("FAKEAWARE_CACHE_DIR")
+    os.environ["FAKEAWARE_CACHE_DIR"] = str(tmp_path_factory.mktemp("fakeaware-cache"))
+    yield
+    if old is None:
+        os.environ.pop("FAKEAWARE_CACHE_DIR", None)
+    else:
+        os.environ["FAKEAWARE_CACHE_DIR"] = old
+
+
 def face_data_dir() -> Path:
     """$FACE_DATA, defaulting to ../shared/data beside the project."""
     return Path(os.environ.get("FACE_DATA", REPO.parent / "shared" / "data"))

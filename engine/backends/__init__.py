@@ -231,9 +231,45 @@ def open_backend(model=None, backend: str = "auto", precision: str | None = None
     """
     src = resolve_model(model)
     choice = choose(src, backend, precision)
-    log.info("backend %s (%s): %s", choice.backend, choice.precision, choice.reason)
     if max_batch is not None and max_batch < 1:
         raise BackendError(f"batch size must be >= 1, got {max_batch}")
+    opts = dict(device=device, max_batch=max_batch, threads=threads, cuda_graphs=cuda_graphs, timing=timing)
+    out = _open(src, choice, **opts)
+    record = (out.config.extra or {}).get("canary")
+    if not record:
+        return out
+    from engine.canary import MIN_COSINE, canary_cosine
+
+    # The canaries: does this precision, on this CPU/GPU, agree with FP32? An
+    # automatic choice falls back to the next precision; an explicit one is refused.
+    tried = []
+    while True:
+        cos = canary_cosine(out, record, out.config.input_size)
+        out.canary_cosine = cos
+        if cos >= MIN_COSINE:
+            if tried:
+                log.warning("%s; using %s (canary cosine %.4f)", "; ".join(tried), out.choice.precision, cos)
+            return out
+        out.close()
+        tried.append(f"{choice.backend} {out.choice.precision} disagrees with FP32 on this machine "
+                     f"(canary cosine {cos:.4f} < {MIN_COSINE})")
+        if precision is not None:
+            raise BackendError(f"{src.path}: {tried[-1]}; choose another --precision")
+        order = PRECISION_PREFERENCE[choice.backend]
+        nxt = None
+        for p in order[order.index(out.choice.precision) + 1:]:
+            try:
+                nxt = choose(src, choice.backend, p)
+                break
+            except BackendError:
+                continue
+        if nxt is None:
+            raise BackendError(f"{src.path}: " + "; ".join(tried) + "; no other precision to fall back to")
+        out = _open(src, Choice(nxt.backend, nxt.precision, f"{choice.reason}; fallback"), **opts)
+
+
+def _open(src: ModelSource, choice: Choice, *, device, max_batch, threads, cuda_graphs, timing) -> Backend:
+    log.info("backend %s (%s): %s", choice.backend, choice.precision, choice.reason)
     config = src.config
     name, prec = choice.backend, choice.precision
     if name == "tensorrt":

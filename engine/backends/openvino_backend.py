@@ -14,9 +14,17 @@ FP32; FP32 44 img/s, bf16 hint 70 img/s.
 Known OpenVINO 2026.4 quirk: with the bf16 hint, a 32x32 test model (1x1 last
 feature map) gave batch-1 embeddings at cosine ~0.8 to FP32 while batch 4 was
 exact; the 112x112 model is unaffected (cosine 0.99996 at batch 1 and 32).
+
+Compiled models are cached (OpenVINO's ``CACHE_DIR``) in
+``$FAKEAWARE_CACHE_DIR`` (default ``~/.cache/fakeaware-faceverify``)
+``/openvino``: a later process imports the blob instead of compiling again.
+OpenVINO keys each blob on the model's content, the device and the compile
+options, so a changed model file compiles afresh. ``FAKEAWARE_CACHE_DIR=off``
+disables it.
 """
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -30,12 +38,27 @@ from engine.contract import INPUT_NAME, OUTPUT_NAME
 PRECISION_HINTS = {"fp32": "f32", "fp16": "f32", "bf16": "bf16", "int8": None}
 
 
+def default_cache_dir() -> Path | None:
+    """Where compiled OpenVINO models are kept; None when caching is off or the folder cannot be made."""
+    root = os.environ.get("FAKEAWARE_CACHE_DIR", "")
+    if root.lower() in ("off", "0", "none"):
+        return None
+    base = Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fakeaware-faceverify"
+    folder = base / "openvino"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None  # a read-only home: run without the cache rather than fail
+    return folder if os.access(folder, os.W_OK) else None
+
+
 class OpenVinoBackend(Backend):
     name = "openvino"
 
     def __init__(self, onnx_path: str | Path, *, input_size: int, embedding_dim: int, precision: str = "fp32",
                  device: str | None = None, max_batch: int = 32, threads: int | None = None,
-                 performance_hint: str = "LATENCY", input_name: str = INPUT_NAME, output_name: str = OUTPUT_NAME):
+                 performance_hint: str = "LATENCY", input_name: str = INPUT_NAME, output_name: str = OUTPUT_NAME,
+                 cache_dir: str | Path | None = "default"):
         try:
             import openvino as ov
         except ImportError:
@@ -49,10 +72,21 @@ class OpenVinoBackend(Backend):
             config["INFERENCE_NUM_THREADS"] = int(threads or cpu_cores())
         if PRECISION_HINTS[precision]:
             config["INFERENCE_PRECISION_HINT"] = PRECISION_HINTS[precision]
+        self.cache_dir = default_cache_dir() if cache_dir == "default" else (Path(cache_dir) if cache_dir else None)
+        if self.cache_dir is not None:
+            config["CACHE_DIR"] = str(self.cache_dir)
         core = ov.Core()
         try:
             model = core.read_model(str(onnx_path))
-            self._compiled = core.compile_model(model, ov_device, config)
+            try:
+                self._compiled = core.compile_model(model, ov_device, config)
+            except RuntimeError:
+                if precision != "int8" or "INFERENCE_PRECISION_HINT" in config:
+                    raise
+                # Seen with OpenVINO 2026.4 on a Xeon with AMX: a small INT8 Q/DQ model has no
+                # kernel for its bf16 remainder ("No suitable implementations"); f32 compiles.
+                config["INFERENCE_PRECISION_HINT"] = "f32"
+                self._compiled = core.compile_model(model, ov_device, config)
         except Exception as exc:
             raise BackendError(f"{onnx_path}: openvino cannot compile it for {ov_device} "
                                f"({type(exc).__name__}: {exc})") from None
@@ -78,7 +112,8 @@ class OpenVinoBackend(Backend):
         return dict(counts.most_common())
 
     def describe(self) -> dict:
-        return {**super().describe(), "inference_precision": self.inference_precision}
+        return {**super().describe(), "inference_precision": self.inference_precision,
+                "cache_dir": str(self.cache_dir) if self.cache_dir else None}
 
     def close(self) -> None:
         self._request = self._compiled = None

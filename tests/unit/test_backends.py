@@ -92,6 +92,47 @@ def test_openvino_bf16_on_request_where_the_cpu_has_it(model_dir):
         assert be.inference_precision == "bf16"
 
 
+def test_openvino_caches_compiled_models_and_recompiles_a_changed_file(tmp_path, images):
+    pytest.importorskip("openvino")
+    from engine.backends.openvino_backend import OpenVinoBackend
+
+    folder = copy_model(tmp_path / "m")
+    onnx_path, cache = folder / "model.fp32.onnx", tmp_path / "cache"
+    opts = dict(input_size=TINY["input_size"], embedding_dim=TINY["embedding_dim"], cache_dir=cache)
+
+    def blobs():
+        return sorted(p.name for p in cache.rglob("*.blob"))
+
+    with OpenVinoBackend(onnx_path, **opts) as be:
+        first = be.embed(images[:2])
+        assert be.describe()["cache_dir"] == str(cache)
+    assert len(blobs()) == 1
+    with OpenVinoBackend(onnx_path, **opts) as be:  # the same file: the blob is reused, nothing new
+        np.testing.assert_allclose(be.embed(images[:2]), first, atol=1e-6)
+    assert len(blobs()) == 1
+    model = onnx.load(str(onnx_path))
+    for init in model.graph.initializer:  # change the weights: another model, another blob
+        if init.data_type == TensorProto.FLOAT and len(init.dims) == 4:
+            arr = onnx.numpy_helper.to_array(init) * 1.5
+            init.CopyFrom(onnx.numpy_helper.from_array(arr.astype(np.float32), init.name))
+            break
+    onnx.save(model, str(onnx_path))
+    with OpenVinoBackend(onnx_path, **opts) as be:
+        changed = be.embed(images[:2])
+    assert len(blobs()) == 2
+    with OnnxRuntimeBackend(onnx_path, input_size=TINY["input_size"], embedding_dim=TINY["embedding_dim"]) as ref:
+        np.testing.assert_allclose(changed, ref.embed(images[:2]), atol=1e-4)
+
+
+def test_openvino_cache_can_be_turned_off(monkeypatch, tmp_path):
+    from engine.backends.openvino_backend import default_cache_dir
+
+    monkeypatch.setenv("FAKEAWARE_CACHE_DIR", "off")
+    assert default_cache_dir() is None
+    monkeypatch.setenv("FAKEAWARE_CACHE_DIR", str(tmp_path / "c"))
+    assert default_cache_dir() == tmp_path / "c" / "openvino" and (tmp_path / "c" / "openvino").is_dir()
+
+
 def test_openvino_reports_kernels_after_a_run(model_dir, images):
     with open_backend(model_dir, backend="openvino", precision="fp32") as be:
         be.embed(images[:2])
@@ -291,3 +332,48 @@ def test_torch_backend_refuses_unknown_device_and_fp16_on_cpu(model_dir):
         TorchBackend(model_dir, device="tpu")
     with pytest.raises(BackendError, match="fp16 is for CUDA"):
         TorchBackend(model_dir, precision="fp16")
+
+
+def _with_canary(folder, tamper: float = 1.0):
+    """Store the FP32 canary embeddings (ONNX Runtime) in the folder's model.json, times ``tamper``."""
+    import json
+
+    from engine.canary import canary_images, canary_record
+
+    with OnnxRuntimeBackend(folder / "model.fp32.onnx", input_size=TINY["input_size"],
+                            embedding_dim=TINY["embedding_dim"]) as ref:
+        emb = ref.embed(canary_images(TINY["input_size"]))
+    cfg = json.loads((folder / "model.json").read_text())
+    cfg.setdefault("extra", {})["canary"] = canary_record(emb * tamper)
+    (folder / "model.json").write_text(json.dumps(cfg))
+    return folder
+
+
+def test_canaries_confirm_the_precision_and_refuse_an_explicit_one_that_disagrees(tmp_path):
+    good = _with_canary(copy_model(tmp_path / "good"))
+    with open_backend(good, backend="onnxruntime", precision="fp32") as be:
+        assert be.canary_cosine > 0.9999
+    bad = _with_canary(copy_model(tmp_path / "bad"), tamper=-1.0)
+    with pytest.raises(BackendError, match=r"fp32 disagrees with FP32 on this machine \(canary cosine -1\.0000 < 0\.98\)"
+                                           r"; choose another --precision"):
+        open_backend(bad, backend="onnxruntime", precision="fp32")
+    with pytest.raises(BackendError, match="no other precision to fall back to"):
+        open_backend(bad, backend="onnxruntime")
+
+
+def test_an_automatic_precision_that_disagrees_falls_back(tmp_path, monkeypatch, caplog):
+    pytest.importorskip("openvino")
+    import engine.canary as canary
+
+    folder = _with_canary(copy_model(tmp_path / "m", files=("model.json", "model.fp32.onnx", "model.int8.onnx")))
+    real = canary.canary_cosine
+    monkeypatch.setattr(canary, "canary_cosine",
+                        lambda be, record, size: 0.5 if be.precision == "int8" else real(be, record, size))
+    with caplog.at_level("WARNING"):
+        with open_backend(folder, backend="onnxruntime", precision=None) as be:
+            first = be.precision
+    assert first == "fp32"  # ONNX Runtime prefers fp32 anyway: no fallback needed
+    with caplog.at_level("WARNING"):
+        with open_backend(folder, backend="openvino") as be:  # OpenVINO prefers int8: falls back to fp32
+            assert be.precision == "fp32" and be.canary_cosine > 0.999
+    assert "openvino int8 disagrees with FP32 on this machine (canary cosine 0.5000 < 0.98); using fp32" in caplog.text
