@@ -170,6 +170,10 @@ def convert_checkpoint(checkpoint, out, *, precision=DEFAULT_PRECISIONS, engine:
         ref_all = gate.embed_torch(model, pairs.images) if pairs is not None else None
         reference = ref_all[: len(eval_images)] if ref_all is not None else gate.embed_torch(model, eval_images)
         report["steps"]["reference"] = {"backend": "pytorch", "seconds": round(time.perf_counter() - t, 2)}
+        # Canaries: FP32 embeddings of fixed drawn images, checked by the runtime when it opens a backend.
+        from engine.canary import canary_images, canary_record
+
+        report["canary"] = canary_record(gate.embed_torch(model, canary_images(config.input_size)))
         t = time.perf_counter()
         _log("exporting to ONNX", quiet)
         raw = work / "export.raw.onnx"
@@ -298,7 +302,9 @@ def _write_model_json(config, work: Path, precisions, report: dict, threshold, t
             "eer": {p: (variants[p].get("verification") or {}).get("eer") for p in precisions},
             "cos_min": {p: variants[p]["embedding"]["cos_min"] for p in precisions},
             "cos_mean": {p: variants[p]["embedding"]["cos_mean"] for p in precisions},
+            "cos_min_openvino": {p: (variants[p].get("openvino") or {}).get("cos_min") for p in precisions},
         },
+        "canary": report["canary"],
         "source_checkpoint": str(checkpoint),
     })
     dataclasses.replace(config, threshold=threshold, extra=extra).save(work / "model.json")

@@ -129,6 +129,13 @@ def test_output_folder_is_the_runtime_unit(converted, setup):
     assert cfg.extra["precisions"] == ["fp32", "fp16", "int8"]
     assert cfg.extra["epochs"] == 3  # what training put in extra is kept
     assert cfg.extra["gate"]["passed"] is True and set(cfg.extra["gate"]["eer"]) == {"fp32", "fp16", "int8"}
+    # the canaries' FP32 embeddings ship with the model, and the runtime checks them when it opens it
+    canary = cfg.extra["canary"]
+    assert canary["count"] == 8 and np.asarray(canary["fp32"]).shape == (8, 16)
+    from engine.backends import open_backend
+
+    with open_backend(out, backend="onnxruntime", precision="fp32") as be:
+        assert be.canary_cosine > 0.999
 
 
 def test_threshold_is_the_fp32_eer_threshold_on_the_validation_pairs(converted, setup):
