@@ -7,7 +7,7 @@ setup(
     description="Deepfake-resistant face verification: ResNet-34 triplet training, "
     "ONNX/TensorRT conversion and a fast runtime",
     python_requires=">=3.10",
-    packages=["training", "training.teachers", "convert", "engine", "engine.backends", "bench"],
+    packages=["nets", "training", "training.teachers", "convert", "engine", "engine.backends", "bench"],
     package_data={"engine": ["models/*.onnx", "models/*.json", "models/*.md",
                              "models/detector/*.onnx", "models/detector/*.md"]},
     # The base install is the runtime (engine/): no torch. Training, conversion and

@@ -1,7 +1,7 @@
 """Fixtures for the benchmark suites and the ratio guards: a small real model folder, generated images.
 
 The model folder is made by the project's own pipeline (:mod:`bench.random_model`:
-``training.checkpoint`` then :func:`convert.convert_checkpoint`: export,
+``nets.checkpoint`` then :func:`convert.convert_checkpoint`: export,
 simplify, ModelOpt FP16 and INT8 Q/DQ with calibration, accuracy gates), once
 per session: a random ResNet-18 at 64x64 with 128-d embeddings, big enough
 that compute (not call overhead) dominates a batch, small enough to build in

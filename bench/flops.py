@@ -205,7 +205,7 @@ def torch_model_flops(config, batch: int = 1) -> FlopCount:
     import onnx
     import torch
 
-    from training.model import get_model
+    from nets.model import get_model
 
     model = get_model(config).eval()
     x = torch.zeros((1, config.input_size, config.input_size, 3), dtype=torch.uint8)

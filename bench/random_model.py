@@ -2,7 +2,7 @@
 
 Speed does not depend on the weights' values, so until a trained model exists
 the benchmarks measure a seeded random one, made exactly as a trained one
-would be: ``training.checkpoint.save_model`` -> :func:`convert.convert_checkpoint`
+would be: ``nets.checkpoint.save_model`` -> :func:`convert.convert_checkpoint`
 (export, simplify, ModelOpt FP16 and INT8 Q/DQ, accuracy gates). Calibration
 uses generated images (INT8 scales of a random model are arbitrary anyway).
 The PyTorch weights are copied into the folder so the torch backends run too.
@@ -58,8 +58,8 @@ def make_random_model(out, *, arch: str = "resnet34", input_size: int = 112, emb
     from convert import convert_checkpoint
     from convert.calibration import CalibrationImage, write_manifest
     from engine.contract import ModelConfig
-    from training.checkpoint import save_model
-    from training.model import get_model
+    from nets.checkpoint import save_model
+    from nets.model import get_model
 
     out = Path(out)
     config = ModelConfig(arch=arch, input_size=input_size, embedding_dim=embedding_dim)

@@ -32,7 +32,7 @@ class CompiledTorch:
     def __init__(self, model_dir, precision: str = "fp32", threads: int | None = None):
         import torch
 
-        from training.checkpoint import load_model
+        from nets.checkpoint import load_model
 
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"torch-compile: precision must be fp32 or bf16, got {precision!r}")

@@ -1,6 +1,6 @@
 """Checkpoint -> ONNX, with the cheap preprocessing inside the graph.
 
-:class:`training.model.FaceEmbedder` already takes uint8 RGB NHWC and casts,
+:class:`nets.model.FaceEmbedder` already takes uint8 RGB NHWC and casts,
 normalises, transposes and L2-normalises inside ``forward``, so exporting it
 as is gives a graph whose input is the 4x smaller uint8 tensor and whose
 output is the final embedding: the runtime does no arithmetic on the host.
@@ -33,7 +33,7 @@ def load_checkpoint(run_dir: str | os.PathLike):
     A missing file, an unreadable file or a config that does not match the
     weights raises :class:`engine.contract.ContractError` naming the files.
     """
-    from training.checkpoint import load_model
+    from nets.checkpoint import load_model
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from engine.contract import ContractError, ModelConfig
-from training.model import FaceEmbedder, get_model
+from nets.model import FaceEmbedder, get_model
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "model.json"

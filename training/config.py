@@ -262,7 +262,7 @@ def config_from_dict(data: dict) -> TrainConfig:
 
 def validate(config: TrainConfig) -> None:
     """Raise :class:`ConfigError` on the first bad value; touches no files."""
-    from training.model import available_models
+    from nets.model import available_models
 
     def need(ok: bool, message: str):
         if not ok:

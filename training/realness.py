@@ -5,7 +5,7 @@
 Training fixes the identity part and the real-vs-fake logit; three numbers
 decide how much the logit counts in the cosine: the coordinate is
 ``weight * tanh(scale * (logit + bias))`` (see
-:class:`training.model.FaceEmbedder`). Too little and fakes of the same
+:class:`nets.model.FaceEmbedder`). Too little and fakes of the same
 person pass; too much and a real photo the detector doubts loses its genuine
 matches. The best trade-off for the headline EER is a property of the
 trained detector, so it is measured, like the decision threshold, on
@@ -83,7 +83,7 @@ def best_row(rows: list[dict]) -> dict:
 
 def main(argv=None) -> int:
     from engine.datasets import DataError, read_pair_folder
-    from training.checkpoint import CONFIG_FILE, load_model
+    from nets.checkpoint import CONFIG_FILE, load_model
     from training.data import PairSet, subset_pairs
 
     parser = argparse.ArgumentParser(prog="python -m training.realness", description=__doc__.split("\n\n")[1],

@@ -33,10 +33,10 @@ import torch
 from torch import nn
 
 from engine.contract import ContractError, ModelConfig
-from training.checkpoint import save_model
+from nets.checkpoint import save_model
 from training.config import ConfigError, TrainConfig, config_from_dict, load_config, save_config
 from training.losses import MarginSoftmaxHead, triplet_loss
-from training.model import FaceEmbedder, get_model, load_torchvision_backbone
+from nets.model import FaceEmbedder, get_model, load_torchvision_backbone
 
 LAST = "last.pt"
 # Keys that may change on --resume without changing the result.

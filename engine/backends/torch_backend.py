@@ -22,13 +22,17 @@ class TorchBackend(Backend):
     def __init__(self, model, *, precision: str = "fp32", device: str | None = None, max_batch: int = 32,
                  threads: int | None = None, timing: bool = False):
         """``model``: a FaceEmbedder, or a folder with ``model.safetensors`` + ``model.json``."""
-        import torch
+        try:
+            import torch
+        except ImportError:
+            raise BackendError("the torch backend needs PyTorch: pip install '.[train]' "
+                               "(or use --backend openvino/onnxruntime)") from None
 
         if precision not in PRECISIONS:
             raise BackendError(f"torch: unknown precision {precision!r}; use one of {PRECISIONS}")
         model_path = None
         if isinstance(model, (str, Path)):
-            from training.checkpoint import load_model
+            from nets.checkpoint import load_model
 
             model_path = Path(model)
             model = load_model(model_path)

@@ -44,8 +44,8 @@ import json, sys, tempfile, time
 from pathlib import Path
 import numpy as np, torch
 from engine.contract import ModelConfig
-from training.checkpoint import save_model
-from training.model import get_model
+from nets.checkpoint import save_model
+from nets.model import get_model
 from engine.backends import open_backend
 
 out, results = Path(sys.argv[1]), []

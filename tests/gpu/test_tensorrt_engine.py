@@ -37,7 +37,7 @@ def converted(trt, tmp_path_factory):
     from convert.precision import convert_fp16, quantize_int8
     from convert.simplify import simplify_onnx
     from engine.contract import ModelConfig
-    from training.model import get_model
+    from nets.model import get_model
 
     pytest.importorskip("modelopt.onnx.quantization", reason="ModelOpt's ONNX tools not installed")
     config = ModelConfig(arch="resnet18", input_size=SIZE, embedding_dim=DIM)
@@ -99,8 +99,8 @@ def test_convert_command_builds_engines(trt, tmp_path):
 
     from convert import convert_checkpoint
     from engine.contract import ModelConfig
-    from training.checkpoint import save_model
-    from training.model import get_model
+    from nets.checkpoint import save_model
+    from nets.model import get_model
 
     config = ModelConfig(arch="resnet18", input_size=SIZE, embedding_dim=DIM)
     torch.manual_seed(0)

@@ -12,8 +12,8 @@ from convert.gate import compare_embeddings, embed_onnx, embed_torch
 from convert.simplify import SimplifyError, simplify_onnx
 from engine.contract import ContractError, ModelConfig, check_onnx
 from tiny_model import random_model
-from training.checkpoint import save_model
-from training.model import get_model
+from nets.checkpoint import save_model
+from nets.model import get_model
 
 CONFIG = ModelConfig(arch="resnet18", input_size=32, embedding_dim=16)
 

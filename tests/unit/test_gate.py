@@ -15,7 +15,7 @@ from convert.gate import GateError, check_gates, compare_embeddings, format_tabl
 from engine.contract import ContractError, ModelConfig, check_onnx
 from engine.metrics import equal_error_rate
 from tiny_model import random_model
-from training.checkpoint import save_model
+from nets.checkpoint import save_model
 
 pytest.importorskip("modelopt.onnx.quantization", reason="ModelOpt's ONNX tools: pip install -e '.[convert]'")
 

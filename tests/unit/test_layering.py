@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -95,7 +96,11 @@ def test_base_install_in_a_fresh_venv_verifies_without_torch(tmp_path):
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     py = env_dir / ("Scripts" if os.name == "nt" else "bin") / "python"
-    install = subprocess.run([str(py), "-m", "pip", "install", "-q", str(REPO)], capture_output=True, text=True,
+    # Install from a copy: a build inside the checkout would leave build/ and *.egg-info behind.
+    src = tmp_path / "src"
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", "runs", "build", "*.egg-info", "__pycache__",
+                                                              ".pytest_cache", ".benchmarks", "data"))
+    install = subprocess.run([str(py), "-m", "pip", "install", "-q", str(src)], capture_output=True, text=True,
                              timeout=900)
     assert install.returncode == 0, install.stderr[-3000:]
     listed = subprocess.run([str(py), "-m", "pip", "list"], capture_output=True, text=True).stdout.lower()

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from engine.contract import ContractError, ModelConfig
-from training.checkpoint import load_model, save_model
-from training.model import (available_models, feature_map_size, get_model,
+from nets.checkpoint import load_model, save_model
+from nets.model import (available_models, feature_map_size, get_model,
                             load_torchvision_backbone)
 
 TINY = ModelConfig(arch="resnet18", input_size=32, embedding_dim=16)

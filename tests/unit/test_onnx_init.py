@@ -10,7 +10,7 @@ from convert.simplify import simplify_onnx
 from engine.contract import ModelConfig
 from test_train import dataset, tiny  # noqa: F401  (module fixture of synthetic train/val folders)
 from tiny_model import random_model
-from training.model import get_model
+from nets.model import get_model
 from training.onnx_init import OnnxInitError, _folded_pairs, load_onnx_weights
 from training.train import TrainError, train
 

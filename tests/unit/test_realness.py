@@ -8,7 +8,7 @@ import pytest
 from engine.contract import ModelConfig
 from engine.datasets import read_pair_folder
 from test_train import dataset, tiny  # noqa: F401  (module fixture of synthetic train/val folders)
-from training.checkpoint import load_model
+from nets.checkpoint import load_model
 from training.data import PairSet
 from training.realness import best_row, main, sweep
 from training.train import train

@@ -15,10 +15,10 @@ import torch
 
 from conftest import synthetic_face, write_jpeg
 from engine.contract import ModelConfig
-from training.checkpoint import load_model
+from nets.checkpoint import load_model
 from training.config import load_config
 from training.distill import save_teacher
-from training.model import get_model
+from nets.model import get_model
 from training.train import TrainError, load_init, lr_at, rng_state, set_rng_state, train
 
 REPO = Path(__file__).resolve().parents[2]

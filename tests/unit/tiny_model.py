@@ -37,7 +37,7 @@ def random_model(config: ModelConfig, seed: int = 0):
     """An eval-mode ``get_model(config)`` seeded with ``seed`` and given non-trivial BN (see randomise_bn)."""
     import torch
 
-    from training.model import get_model
+    from nets.model import get_model
 
     torch.manual_seed(seed)
     model = get_model(config).eval()
@@ -79,7 +79,7 @@ def tiny_model_folder() -> Path:
         return _BUILT["folder"]
     import atexit
 
-    from training.checkpoint import save_model
+    from nets.checkpoint import save_model
 
     config = ModelConfig(**TINY, threshold=0.5)
     model = random_model(config)
