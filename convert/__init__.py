@@ -17,6 +17,7 @@ Heavy modules (torch, onnx, ModelOpt, TensorRT) are imported on use.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -161,7 +162,13 @@ def convert_checkpoint(checkpoint, out, *, precision=DEFAULT_PRECISIONS, engine:
     }
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    # Build folders of killed runs: .OUT.tmp-<pid>-XXXXXXXX of a dead pid, or the older pid-less
+    # .OUT.tmp-XXXXXXXX (mkdtemp's 8 characters); a live run's folder is left alone.
+    from engine.datasets import remove_orphans
+
+    name = re.escape(f".{out.name}.tmp-")
+    remove_orphans(out.parent, re.compile(rf"{name}(?:(?P<pid>[0-9]+)-)?[a-z0-9_]{{8}}"))
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     try:
         # ------------------------------------------------------------ export + simplify
         _log("PyTorch reference embeddings", quiet)
@@ -311,7 +318,14 @@ def _write_model_json(config, work: Path, precisions, report: dict, threshold, t
 
 
 def _replace_dir(work: Path, out: Path) -> None:
-    """Move the finished folder into place; an existing ``out`` (with --force) is swapped out first."""
+    """Move the finished folder into place; an existing ``out`` (with --force) is swapped out first.
+
+    ``work`` came from ``mkdtemp`` (mode 0700, private); the model folder gets
+    the umask's default mode, as ``mkdir`` would have given it.
+    """
+    from engine.contract import current_umask
+
+    os.chmod(work, 0o777 & ~current_umask())
     if out.exists() or out.is_symlink():
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         os.replace(out, old)

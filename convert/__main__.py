@@ -20,7 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Convert a training run (model.safetensors + model.json) into the model folder the "
                     "runtime loads: ONNX at each precision (preprocessing inside the graph), accuracy "
                     "gates against the PyTorch model, report, and optionally TensorRT engines. The folder "
-                    "is written atomically: on any error nothing is left behind.")
+                    "is written atomically: on any error nothing is left behind, and the build folder of a killed run "
+                    "(.OUT.tmp-<pid>-*, its process gone) is removed by the next run.")
     p.add_argument("--checkpoint", required=True, help="run folder holding model.safetensors + model.json")
     p.add_argument("--out", required=True, help="output model folder, e.g. models/NAME")
     p.add_argument("--precision", default=",".join(DEFAULT_PRECISIONS),

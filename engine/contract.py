@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +25,77 @@ PIXEL_STD = (127.5, 127.5, 127.5)
 
 class ContractError(ValueError):
     """A model file or config that breaks the contract; the message names it."""
+
+
+# Bounds on what model.json may ask of the runtime: past these, buffers or the
+# alignment stop making sense (a 1024 px input is 9x the largest model here; a
+# margin of 4 shows 5x the face's side, leaving it a few pixels wide).
+MAX_INPUT_SIZE = 1024
+MAX_EMBEDDING_DIM = 65536
+MAX_MARGIN = 4.0
+
+
+def _short(value) -> str:
+    """repr(value), shortened for a one-line message."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int past Python's digit limit for str()
+        return "<a huge number>"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _show(value) -> str:
+    """A value for a one-line error message: shortened repr and type."""
+    return f"{_short(value)} ({type(value).__name__})"
+
+
+def _is_bool(value) -> bool:
+    return isinstance(value, bool) or type(value).__name__ == "bool_"  # numpy's bool is no number either
+
+
+def _number(name: str, value, low: float | None = None, high: float | None = None) -> float:
+    """A finite real number (not a bool, not a string) within [low, high], as a float."""
+    where = (f" in [{low:g}, {high:g}]" if low is not None and high is not None else
+             f" >= {low:g}" if low is not None else f" <= {high:g}" if high is not None else "")
+    try:
+        number = None if _is_bool(value) or not isinstance(value, numbers.Real) else float(value)
+    except OverflowError:  # an integer beyond any float
+        number = None
+    if number is None or not math.isfinite(number):
+        raise ContractError(f"{name} must be a finite number{where}, got {_show(value)}")
+    if (low is not None and number < low) or (high is not None and number > high):
+        raise ContractError(f"{name} must be{where}, got {_short(value)}")
+    return number
+
+
+def _integer(name: str, value, low: int, high: int) -> int:
+    if _is_bool(value) or not isinstance(value, numbers.Integral):
+        raise ContractError(f"{name} must be an integer, got {_show(value)}")
+    if not low <= value <= high:
+        raise ContractError(f"{name} must be in [{low}, {high}], got {_short(value)}")
+    return int(value)
+
+
+def _text(name: str, value) -> str:
+    if not isinstance(value, str) or not value:
+        raise ContractError(f"{name} must be a non-empty string, got {_show(value)}")
+    return value
+
+
+def _triple(name: str, value) -> tuple[float, float, float]:
+    if not isinstance(value, (list, tuple)) or len(value) != 3:
+        raise ContractError(f"{name} must be 3 numbers (R, G, B), got {_show(value)}")
+    return tuple(_number(f"{name}[{k}]", v) for k, v in enumerate(value))
+
+
+def _template(value):
+    """A template name, or 4 (x, y) points of finite numbers (checked further by engine.align)."""
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, (list, tuple)) or len(value) != 4 or \
+            not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in value):
+        raise ContractError(f"template must be a name or 4 (x, y) points, got {_show(value)}")
+    return [[_number(f"template[{k}][{j}]", v) for j, v in enumerate(p)] for k, p in enumerate(value)]
 
 
 @dataclass
@@ -68,14 +141,21 @@ class ModelConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        self.pixel_mean = tuple(float(v) for v in self.pixel_mean)
-        self.pixel_std = tuple(float(v) for v in self.pixel_std)
-        if self.input_size < 32 or self.input_size % 16:
+        # Every value the runtime reads is checked here, so a hand-edited model.json fails
+        # when it is loaded, naming the key, instead of deep inside a run (a threshold
+        # "0.5" compared with a float, NaN deciding nothing, a bool taken for 1).
+        self.arch = _text("arch", self.arch)
+        self.input_size = _integer("input_size", self.input_size, 32, MAX_INPUT_SIZE)
+        if self.input_size % 16:
             raise ContractError(f"input_size must be >= 32 and a multiple of 16, got {self.input_size}")
+        self.crop_fraction = _number("crop_fraction", self.crop_fraction)
         if not 0.0 < self.crop_fraction <= 1.0:
             raise ContractError(f"crop_fraction must be in (0, 1], got {self.crop_fraction}")
         if self.align not in ("none", "face"):
-            raise ContractError(f"align must be 'none' or 'face', got {self.align!r}")
+            raise ContractError(f"align must be 'none' or 'face', got {_show(self.align)}")
+        self.detector = _text("detector", self.detector)
+        self.template = _template(self.template)
+        self.margin = _number("margin", self.margin, 0.0, MAX_MARGIN)
         if self.align == "face":
             from engine.align import template_points
 
@@ -83,15 +163,29 @@ class ModelConfig:
                 template_points(self.template, self.input_size, self.margin)
             except (ValueError, TypeError) as exc:
                 raise ContractError(f"template/margin: {exc}") from None
-        if not (isinstance(self.min_face, (int, float)) and self.min_face >= 0):
-            raise ContractError(f"min_face must be a number >= 0, got {self.min_face!r}")
-        if self.embedding_dim < 1:
-            raise ContractError(f"embedding_dim must be positive, got {self.embedding_dim}")
-        if self.realness_weight < 0 or (self.realness_weight > 0 and self.embedding_dim < 2):
+        self.min_face = _number("min_face", self.min_face, 0.0)
+        self.embedding_dim = _integer("embedding_dim", self.embedding_dim, 1, MAX_EMBEDDING_DIM)
+        self.realness_weight = _number("realness_weight", self.realness_weight, 0.0)
+        if self.realness_weight > 0 and self.embedding_dim < 2:
             raise ContractError(f"realness_weight must be >= 0 (and > 0 needs embedding_dim >= 2), "
                                 f"got {self.realness_weight} with embedding_dim {self.embedding_dim}")
+        self.realness_scale = _number("realness_scale", self.realness_scale)
         if not self.realness_scale > 0:
             raise ContractError(f"realness_scale must be > 0, got {self.realness_scale}")
+        self.realness_bias = _number("realness_bias", self.realness_bias)
+        self.pixel_mean = _triple("pixel_mean", self.pixel_mean)
+        self.pixel_std = _triple("pixel_std", self.pixel_std)
+        if min(self.pixel_std) <= 0:
+            raise ContractError(f"pixel_std must be > 0, got {list(self.pixel_std)}")
+        self.input_name = _text("input_name", self.input_name)
+        self.output_name = _text("output_name", self.output_name)
+        for name, fixed in (("layout", "NHWC"), ("dtype", "uint8"), ("colour", "RGB")):
+            if getattr(self, name) != fixed:  # what every backend feeds; anything else is another contract
+                raise ContractError(f"{name} must be {fixed!r}, got {_show(getattr(self, name))}")
+        if self.threshold is not None:
+            self.threshold = _number("threshold", self.threshold, -1.0, 1.0)
+        if not isinstance(self.extra, dict):
+            raise ContractError(f"extra must be a JSON object, got {_show(self.extra)}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -106,7 +200,7 @@ class ModelConfig:
             raise ContractError(f"{source}: unknown keys {unknown}")
         try:
             return cls(**data)
-        except TypeError as exc:
+        except (TypeError, ContractError) as exc:
             raise ContractError(f"{source}: {exc}") from None
 
     def save(self, path: str | os.PathLike) -> None:
@@ -119,8 +213,14 @@ class ModelConfig:
             data = json.loads(path.read_text())
         except FileNotFoundError:
             raise ContractError(f"{path}: no such file") from None
-        except json.JSONDecodeError as exc:
+        except UnicodeDecodeError as exc:
+            raise ContractError(f"{path}: not UTF-8 text ({exc.reason})") from None
+        except ValueError as exc:  # JSONDecodeError, and ints past Python's digit limit
             raise ContractError(f"{path}: not valid JSON ({exc})") from None
+        except RecursionError:
+            raise ContractError(f"{path}: JSON nested too deeply") from None
+        except OSError as exc:
+            raise ContractError(f"{path}: cannot read ({exc.strerror or exc})") from None
         return cls.from_dict(data, str(path))
 
 
@@ -130,6 +230,20 @@ def write_json_atomic(path: str | os.PathLike, data) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
     os.replace(tmp, path)
+
+
+def current_umask() -> int:
+    """The process umask (read without changing it where /proc says it; else set and restored at once)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def check_onnx(model, config: ModelConfig | None = None, source: str = "model.onnx") -> dict:

@@ -6,9 +6,12 @@ too, so the runtime never imports training code.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
+import random
 import re
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +55,67 @@ class Pair:
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 SPLIT_CSV_COLUMNS = ("label", "path", "split", "is_query", "is_gallery")
-PAIR_ID_RE = re.compile(r"^\d{8}$")
+# Pair folders are named by exactly 8 ASCII digits. ``[0-9]`` and fullmatch, not
+# ``\d`` and ``$``: ``\d`` also matches Arabic-Indic and other Unicode digits, and
+# ``$`` matches before a trailing newline.
+PAIR_ID_RE = re.compile(r"[0-9]{8}")
+PAIR_ID_WIDTH = 8
+MAX_PAIR_ID_DIGITS = 18  # significant digits; keeps every id an int64 and far from int() string limits
+IDENTITY_WIDTH = 6       # Kryptonite identity folders: 000000 ... 009999
+# Control characters, C1 included (\x85 is a line break to str.splitlines), and the Unicode line separators.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _ascii_digits(text) -> bool:
+    """True for a non-empty string of ASCII digits only (``str.isdigit`` also accepts '٠١' and '²')."""
+    return isinstance(text, str) and text.isascii() and text.isdigit()
+
+
+def _shown(value, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for error messages about untrusted names."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def parse_pair_id(raw, where: str) -> str:
+    """The one spelling of a pair id: its ASCII digits, zero-padded to 8 ('1', '0001' -> '00000001').
+
+    Ids are compared as integers, so two spellings of one number are the same
+    pair. Anything else is a :class:`DataError` naming ``where``: signs,
+    spaces or newlines anywhere, non-ASCII digits (Arabic-Indic '٠٠٠٠٠٠٠١'
+    passes ``str.isdigit``), more than 18 significant digits.
+    """
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        if not 0 <= raw < 10 ** MAX_PAIR_ID_DIGITS:
+            raise DataError(f"{where}: pair id must be an integer in 0..{10 ** MAX_PAIR_ID_DIGITS - 1}")
+        return str(raw).zfill(PAIR_ID_WIDTH)
+    if not isinstance(raw, str) or not raw:
+        raise DataError(f"{where}: empty or non-string pair id {_shown(raw)}")
+    if not _ascii_digits(raw):
+        raise DataError(f"{where}: pair id {raw[:40]!r} must be ASCII digits 0-9 only (no spaces, signs or "
+                        f"other scripts' digits)")
+    significant = raw.lstrip("0") or "0"
+    if len(significant) > MAX_PAIR_ID_DIGITS:
+        raise DataError(f"{where}: pair id {raw[:40]!r}... has {len(significant)} digits, at most "
+                        f"{MAX_PAIR_ID_DIGITS} allowed")
+    return significant.zfill(PAIR_ID_WIDTH)
+
+
+def identity_key(label: str, image: Path | None = None) -> str:
+    """An identity spelt as its image folder is: the one spelling all readers use.
+
+    ``train/meta.json`` names identities by folder (``000000``), ``train.csv``
+    and ``val.csv`` by number (label ``0``). Folder names are kept as they are;
+    a numeric label takes the spelling of its image's folder when that folder
+    is the same number (``train/images/000000/0.jpg``), else Kryptonite's
+    (zero-padded to 6 digits). Non-numeric labels are kept as they are.
+    """
+    if not _ascii_digits(label):
+        return label
+    folder = image.parent.name if image is not None else ""
+    if _ascii_digits(folder) and folder.lstrip("0") == label.lstrip("0"):
+        return folder
+    return (label.lstrip("0") or "0").zfill(IDENTITY_WIDTH)
 
 
 def safe_join(root: str | os.PathLike, rel: str, source: str) -> Path:
@@ -63,17 +126,27 @@ def safe_join(root: str | os.PathLike, rel: str, source: str) -> Path:
     the dataset. ``source`` names the file (and line) in the error.
     """
     if not isinstance(rel, str) or not rel.strip():
-        raise DataError(f"{source}: empty or non-string path {rel!r}")
+        raise DataError(f"{source}: empty or non-string path {_shown(rel)}")
+    if _CONTROL.search(rel):  # a newline or NUL in a name is a broken file, and breaks one-line errors
+        raise DataError(f"{source}: path {rel[:80]!r} contains a control character (newline, tab, NUL ...)")
     rel_path = Path(rel)
     if rel_path.is_absolute() or rel.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", rel):
-        raise DataError(f"{source}: absolute path {rel!r} is not allowed (paths are relative to {root})")
+        raise DataError(f"{source}: absolute path {_shown(rel, 80)} is not allowed (paths are relative to {root})")
     if ".." in rel_path.parts or ".." in rel.replace("\\", "/").split("/"):
-        raise DataError(f"{source}: path {rel!r} escapes the dataset root {root}")
+        raise DataError(f"{source}: path {_shown(rel, 80)} escapes the dataset root {root}")
     root = Path(root)
     joined = root / rel_path
     # Symlinks inside the dataset may point anywhere legitimately (shared
     # storage); only the lexical path is policed here.
     return joined
+
+
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, False where the name itself cannot be looked up (too long, say)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def _read_text(path: Path, encoding: str = "utf-8") -> str:
@@ -86,164 +159,325 @@ def _read_text(path: Path, encoding: str = "utf-8") -> str:
         raise DataError(f"{path}: cannot read ({exc})") from None
 
 
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def _read_json(path: Path):
+    """The parsed JSON of ``path``; every failure is one DataError line naming the file.
+
+    Python's parser raises RecursionError for deep nesting and ValueError for
+    numbers over 4300 digits (and accepts NaN/Infinity, which JSON has not):
+    all become "not valid JSON" here, never a traceback.
+    """
     text = _read_text(path)
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    except RecursionError:
+        raise DataError(f"{path}: not readable JSON (nested too deeply)") from None
+    except ValueError as exc:  # NaN/Infinity, or an integer over Python's 4300-digit limit
+        why = "a number too long to read" if "integer string conversion" in str(exc) else str(exc)[:120]
+        raise DataError(f"{path}: not readable JSON ({why})") from None
 
 
-def _read_csv_rows(path: Path, required: tuple[str, ...]) -> tuple[list[str], list[tuple[int, dict]]]:
-    """Rows of a headed CSV as (line number, dict); checks the required columns."""
+def _read_csv_rows(path: Path, required: tuple[str, ...],
+                   raw: tuple[str, ...] = ()) -> tuple[list[str], list[tuple[int, dict]]]:
+    """Rows of a headed CSV as (line number, dict); checks the required columns.
+
+    Cells are stripped of surrounding spaces except in the ``raw`` columns
+    (pair ids: whitespace there is an error, not something to tidy away).
+    """
     text = _read_text(path, "utf-8-sig")
-    reader = csv.reader(text.splitlines())
+    reader = csv.reader(io.StringIO(text, newline=""))
     try:
-        header = next(reader)
-    except StopIteration:
-        raise DataError(f"{path}:1: empty file, expected a header with {','.join(required)}") from None
-    header = [h.strip() for h in header]
-    missing = [c for c in required if c not in header]
-    if missing:
-        raise DataError(f"{path}:1: missing column(s) {','.join(missing)} (header is {','.join(header)})")
-    rows = []
-    for line_no, fields in enumerate(reader, start=2):
-        if not fields or all(not f.strip() for f in fields):
-            continue
-        if len(fields) != len(header):
-            raise DataError(f"{path}:{line_no}: {len(fields)} fields, header has {len(header)}")
-        rows.append((line_no, {h: f.strip() for h, f in zip(header, fields)}))
+        header = next(reader, None)
+        if header is None:
+            raise DataError(f"{path}:1: empty file, expected a header with {','.join(required)}")
+        header = [h.strip() for h in header]
+        missing = [c for c in required if c not in header]
+        if missing:
+            shown = ",".join(header)
+            shown = repr(shown[:200]) if _CONTROL.search(shown) or len(shown) > 200 else shown
+            raise DataError(f"{path}:1: missing column(s) {','.join(missing)} (header is {shown})")
+        rows = []
+        for fields in reader:
+            line_no = reader.line_num
+            if not fields or all(not f.strip() for f in fields):
+                continue
+            if len(fields) != len(header):
+                raise DataError(f"{path}:{line_no}: {len(fields)} fields, header has {len(header)}")
+            rows.append((line_no, {h: f if h in raw else f.strip() for h, f in zip(header, fields)}))
+    except csv.Error as exc:  # e.g. a field over the csv module's size limit
+        raise DataError(f"{path}:{reader.line_num}: not a readable CSV row ({exc})") from None
     return header, rows
 
 
-def _parse_01(value, where: str) -> int:
-    if isinstance(value, bool) or value not in (0, 1, "0", "1"):
-        raise DataError(f"{where}: expected 0 or 1, got {value!r}")
-    return int(value)
+def _parse_01(value, where: str, booleans: bool = False) -> int:
+    """0 or 1 (number or digit string); ``booleans``: JSON true/false too, as participants' meta.json has."""
+    if isinstance(value, bool):
+        if booleans:
+            return int(value)
+    elif isinstance(value, (int, float, str)) and value in (0, 1, "0", "1"):
+        return int(value)
+    raise DataError(f"{where}: expected 0 or 1{', or true/false' if booleans else ''}, got {_shown(value)}")
+
+
+def _parse_flag(value: str, where: str) -> bool | None:
+    """``is_query``/``is_gallery``: 0/1 or True/False; empty means not set (None)."""
+    text = value.lower()
+    if text == "":
+        return None
+    if text not in ("0", "1", "true", "false"):
+        raise DataError(f"{where} must be 0/1, True/False or empty, got {value[:40]!r}")
+    return text in ("1", "true")
 
 
 def _identity_of(rel: str) -> str:
     return rel.replace("\\", "/").split("/")[0]
 
 
-def read_kryptonite_train(root: str | os.PathLike) -> list[Sample]:
-    """Kryptonite training set: ``train/meta.json`` + ``train/images/<identity>/<k>.jpg``.
-
-    ``root`` is the dataset root (holding ``train/``) or the ``train`` folder
-    itself. meta.json maps ``"<identity>/<k>.jpg"`` to 0 (real) or 1 (fake).
-    A ``fakes.json`` beside it (written by ``training.prepare``) adds the
-    attack name of each fake. Samples come sorted by path.
-    """
-    root = Path(root)
-    train = root if (root / "meta.json").is_file() else root / "train"
-    meta_path = train / "meta.json"
-    if not meta_path.is_file():
-        raise DataError(f"{meta_path}: no such file (expected the Kryptonite train/meta.json under {root})")
+def _load_meta(meta_path: Path) -> dict:
+    """``train/meta.json`` as a non-empty dict (values checked by the callers)."""
+    if not _is_file(meta_path):
+        raise DataError(f"{meta_path}: no such file (expected the Kryptonite train/meta.json)")
     meta = _read_json(meta_path)
     if not isinstance(meta, dict):
         raise DataError(f"{meta_path}: expected a JSON object {{\"<identity>/<k>.jpg\": 0|1}}, "
                         f"got {type(meta).__name__}")
     if not meta:
         raise DataError(f"{meta_path}: no images listed")
+    return meta
+
+
+def read_kryptonite_train(root: str | os.PathLike) -> list[Sample]:
+    """Kryptonite training set: ``train/meta.json`` + ``train/images/<identity>/<k>.jpg``.
+
+    ``root`` is the dataset root (holding ``train/``) or the ``train`` folder
+    itself. meta.json maps ``"<identity>/<k>.jpg"`` to 0 (real) or 1 (fake);
+    JSON ``false``/``true`` are read as 0/1. A ``fakes.json`` beside it
+    (written by ``training.prepare``) adds the attack name of each fake.
+    Identities are the folder names (see :func:`identity_key`). Samples come
+    sorted by path.
+    """
+    root = Path(root)
+    train = root if _is_file(root / "meta.json") else root / "train"
+    meta_path = train / "meta.json"
+    if not _is_file(meta_path):
+        raise DataError(f"{meta_path}: no such file (expected the Kryptonite train/meta.json under {root})")
+    meta = _load_meta(meta_path)
     attacks: dict[str, str] = {}
     fakes_path = train / "fakes.json"
-    if fakes_path.is_file():
+    if _is_file(fakes_path):
         fakes = _read_json(fakes_path)
         if not isinstance(fakes, dict):
             raise DataError(f"{fakes_path}: expected a JSON object, got {type(fakes).__name__}")
         for rel, info in fakes.items():
             if not isinstance(info, dict) or not isinstance(info.get("attack"), str):
-                raise DataError(f"{fakes_path}: entry {rel!r} must be an object with a string 'attack'")
+                raise DataError(f"{fakes_path}: entry {_shown(rel)} must be an object with a string 'attack'")
             if meta.get(rel) != 1:
-                raise DataError(f"{fakes_path}: {rel!r} is not marked as fake (1) in {meta_path}")
+                raise DataError(f"{fakes_path}: {_shown(rel)} is not marked as fake (1) in {meta_path}")
             attacks[rel] = info["attack"]
     images = train / "images"
     samples = []
     for rel in sorted(meta):
-        where = f"{meta_path}: entry {rel!r}"
-        is_fake = _parse_01(meta[rel], where)
+        where = f"{meta_path}: entry {_shown(rel)}"
+        is_fake = _parse_01(meta[rel], where, booleans=True)
         path = safe_join(images, rel, where)
         if len(Path(rel).parts) < 2:
             raise DataError(f"{where}: expected '<identity>/<image>'")
-        if not path.is_file():
+        if not _is_file(path):
             raise DataError(f"{where}: image {path} does not exist")
         samples.append(Sample(path, _identity_of(rel), bool(is_fake), attacks.get(rel, "")))
     return samples
 
 
-def read_split_csv(path: str | os.PathLike, root: str | os.PathLike) -> list[Sample]:
-    """Kryptonite ``train.csv``/``val.csv`` (``label,path,split,is_query,is_gallery``).
-
-    ``label`` is the identity, ``path`` is relative to ``root``. Extra columns
-    are ignored; ``is_query``/``is_gallery`` must be 0/1 (or True/False).
-    """
-    path = Path(path)
+def _read_split_rows(path: Path, root) -> list[tuple[str, Sample, bool | None, bool | None]]:
+    """(where, sample, is_query, is_gallery) for each row of a train.csv/val.csv."""
     _, rows = _read_csv_rows(path, SPLIT_CSV_COLUMNS)
-    samples = []
+    out = []
     for line_no, row in rows:
         where = f"{path}:{line_no}"
         if not row["label"]:
             raise DataError(f"{where}: empty label")
-        for col in ("is_query", "is_gallery"):
-            if row[col].lower() not in ("0", "1", "true", "false"):
-                raise DataError(f"{where}: {col} must be 0/1 or True/False, got {row[col]!r}")
+        if _CONTROL.search(row["label"]):
+            raise DataError(f"{where}: label {_shown(row['label'])} contains a control character")
+        query = _parse_flag(row["is_query"], f"{where}: is_query")
+        gallery = _parse_flag(row["is_gallery"], f"{where}: is_gallery")
         image = safe_join(root, row["path"], where)
-        if not image.is_file():
+        if not _is_file(image):
             raise DataError(f"{where}: image {image} does not exist")
-        samples.append(Sample(image, row["label"]))
-    if not samples:
+        out.append((where, Sample(image, identity_key(row["label"], image)), query, gallery))
+    if not out:
         raise DataError(f"{path}: no rows")
-    return samples
+    return out
+
+
+def read_split_csv(path: str | os.PathLike, root: str | os.PathLike) -> list[Sample]:
+    """Kryptonite ``train.csv``/``val.csv`` (``label,path,split,is_query,is_gallery``).
+
+    ``label`` is the identity (spelt by :func:`identity_key`, so label ``0``
+    of ``train/images/000000/0.jpg`` is meta.json's ``000000``), ``path`` is
+    relative to ``root``. Extra columns are ignored; ``is_query``/``is_gallery``
+    are 0/1 or True/False, or empty for "not set" (the organisers' train.csv
+    leaves them empty on every row). For labelled pairs from ``val.csv`` see
+    :func:`read_kryptonite_val`.
+    """
+    return [sample for _, sample, _, _ in _read_split_rows(Path(path), root)]
+
+
+def _sort_identities(names) -> list[str]:
+    return sorted(names, key=lambda n: (0, int(n), n) if _ascii_digits(n) and len(n) < 19 else (1, 0, n))
+
+
+def read_kryptonite_val(val_csv: str | os.PathLike, root: str | os.PathLike,
+                        meta_json: str | os.PathLike | None = None, seed: int = 0) -> list[Pair]:
+    """Labelled validation pairs from the organisers' ``val.csv`` + ``train/meta.json``.
+
+    The organisers ship ``val.csv`` (1 query + 2 gallery images per identity)
+    but no pair labels. Pairs, for each identity in order, each query image:
+
+    - against every gallery image of the same identity: ``genuine`` (label 1)
+      when both are real, ``fake-of-same`` when meta.json marks either as fake;
+    - against every gallery image of one other identity (a derangement of the
+      identities drawn with ``seed``): ``impostor``, or ``fake-of-other`` when
+      either image is fake.
+
+    ``meta_json`` (default ``<root>/train/meta.json``) marks the fakes: every
+    val.csv image must lie under its ``images/`` folder and be listed there.
+    Pair ids are 8 digits from 00000000 in that order; the result is the same
+    for the same files and seed. To validate ``training.train`` on the
+    organisers' data, write these pairs as a pair folder once::
+
+        python -m engine.datasets kryptonite-val DATA/val.csv --root DATA --out DATA/val
+        python -m training.train data_dir=DATA ...
+    """
+    val_csv, root = Path(val_csv), Path(root)
+    meta_path = Path(meta_json) if meta_json is not None else root / "train" / "meta.json"
+    meta = _load_meta(meta_path)
+    images = Path(os.path.abspath(meta_path.parent / "images"))
+    rows = _read_split_rows(val_csv, root)
+    queries: dict[str, list[tuple[Path, bool]]] = {}
+    gallery: dict[str, list[tuple[Path, bool]]] = {}
+    for where, sample, is_query, is_gallery in rows:
+        if not (is_query or is_gallery):
+            continue
+        try:
+            rel = Path(os.path.abspath(sample.path)).relative_to(images).as_posix()
+        except ValueError:
+            raise DataError(f"{where}: image {sample.path} is not under {images}, so {meta_path} cannot say "
+                            f"whether it is fake") from None
+        if rel not in meta:
+            raise DataError(f"{where}: image {rel} is not listed in {meta_path}")
+        item = (sample.path, bool(_parse_01(meta[rel], f"{meta_path}: entry {_shown(rel)}", booleans=True)))
+        for flag, group in ((is_query, queries), (is_gallery, gallery)):
+            if flag:
+                group.setdefault(sample.identity, []).append(item)
+    if not queries:
+        raise DataError(f"{val_csv}: no row has is_query set; expected the organisers' val.csv "
+                        f"(1 query + 2 gallery images per identity)")
+    names = _sort_identities(set(queries) | set(gallery))
+    lonely = [n for n in names if n not in queries or n not in gallery]
+    if lonely:
+        raise DataError(f"{val_csv}: identity {lonely[0]} has no {'gallery' if lonely[0] in queries else 'query'} "
+                        f"image ({len(lonely)} such identities); each needs a query and a gallery image")
+    order = list(names)
+    random.Random(seed).shuffle(order)
+    partner = {order[k]: order[(k + 1) % len(order)] for k in range(len(order))} if len(order) > 1 else {}
+    pairs: list[Pair] = []
+
+    def add(a: tuple[Path, bool], b: tuple[Path, bool], same: bool) -> None:
+        fake = a[1] or b[1]
+        ptype = (FAKE_OF_SAME if fake else GENUINE) if same else (FAKE_OF_OTHER if fake else IMPOSTOR)
+        pairs.append(Pair(f"{len(pairs):0{PAIR_ID_WIDTH}d}", a[0], b[0], int(ptype == GENUINE), ptype))
+
+    for name in names:
+        for q in sorted(queries[name]):
+            for g in sorted(gallery[name]):
+                if g[0] != q[0]:
+                    add(q, g, True)
+            for g in sorted(gallery.get(partner.get(name), [])):
+                add(q, g, False)
+    return pairs
 
 
 def read_label_csv(path: str | os.PathLike) -> dict[str, tuple[int, str, str]]:
     """Pair labels: ``pair_id,label`` required, ``type,attack`` optional.
 
-    Returns ``{pair_id: (label, type, attack)}``; pair ids are kept as
-    written (8 digits in the Kryptonite layout); a repeated id is an error.
+    Returns ``{pair_id: (label, type, attack)}`` in file order, ids spelt by
+    :func:`parse_pair_id` (8 digits; ``1`` and ``0001`` are the same pair,
+    so writing both is a repeated id, an error; so is any id that is not
+    plain ASCII digits).
     """
     path = Path(path)
-    header, rows = _read_csv_rows(path, ("pair_id", "label"))
+    header, rows = _read_csv_rows(path, ("pair_id", "label"), raw=("pair_id",))
     labels: dict[str, tuple[int, str, str]] = {}
+    first_line: dict[str, int] = {}
     for line_no, row in rows:
         where = f"{path}:{line_no}"
-        pid = row["pair_id"]
-        if not pid:
+        if not row["pair_id"].strip():
             raise DataError(f"{where}: empty pair_id")
+        pid = parse_pair_id(row["pair_id"], where)
         if pid in labels:
-            raise DataError(f"{where}: pair_id {pid} repeated")
+            same = ("" if row["pair_id"] == pid
+                    else f" (the same pair as line {first_line[pid]}: ids compare as numbers)")
+            raise DataError(f"{where}: pair_id {pid} repeated{same}")
         label = _parse_01(row["label"], f"{where}: label")
         ptype = row.get("type", "")
         if ptype and ptype not in PAIR_TYPES:
-            raise DataError(f"{where}: type {ptype!r} is not one of {', '.join(PAIR_TYPES)}")
+            raise DataError(f"{where}: type {_shown(ptype)} is not one of {', '.join(PAIR_TYPES)}")
         if ptype and (label == 1) != (ptype == GENUINE):
             raise DataError(f"{where}: label {label} contradicts type {ptype}")
         labels[pid] = (label, ptype, row.get("attack", ""))
+        first_line[pid] = line_no
     return labels
 
 
-def read_pair_folder(folder: str | os.PathLike, labels_csv: str | os.PathLike | None = None) -> list[Pair]:
-    """Kryptonite ``test_public`` layout: ``folder/images/<pair_id>/{0,1}.jpg``.
+def _pair_dirs(folder: Path) -> tuple[Path, list[str]]:
+    """Where the pair folders are and their names: ``folder/images/<id>/`` or ``folder/<id>/``.
 
-    Pair ids are 8 digits; pairs come sorted by id. Labels come from
-    ``labels_csv`` or ``folder/pairs.csv`` when present (else ``label=None``);
-    a labelled folder must have a label for every pair and vice versa.
+    The data and the winners' code use ``test_public/images/<pair_id>/``; the
+    organisers' README draws ``test_public/<pair_id>/``. Both are read. Under
+    ``images/`` every entry must be a pair folder; directly under ``folder``
+    files (pairs.csv ...) are allowed beside them. A name that is not exactly
+    8 ASCII digits is refused before any image is read.
     """
-    folder = Path(folder)
-    images = folder / "images"
-    if not images.is_dir():
-        raise DataError(f"{images}: no such folder (expected <folder>/images/<pair_id>/0.jpg,1.jpg)")
-    pairs_dirs = []
-    for entry in sorted(os.scandir(images), key=lambda e: e.name):
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such folder (expected <folder>/images/<pair_id>/0.jpg,1.jpg)")
+    nested = folder / "images"
+    base = nested if nested.is_dir() else folder
+    names = []
+    for entry in sorted(os.scandir(base), key=lambda e: e.name):
         if entry.name.startswith("."):
             continue
-        if not entry.is_dir() or not PAIR_ID_RE.match(entry.name):
-            raise DataError(f"{entry.path}: expected 8-digit pair folders under {images}")
-        pairs_dirs.append(entry.name)
-    if not pairs_dirs:
-        raise DataError(f"{images}: no pairs found")
+        is_dir = entry.is_dir()
+        if base is folder and not is_dir:
+            continue  # pairs.csv, sources.csv, a README
+        if not is_dir or not PAIR_ID_RE.fullmatch(entry.name):
+            raise DataError(f"{base}: entry {_shown(entry.name)} is not an 8-digit pair folder "
+                            f"(expected {base}/<8 ASCII digits>/0.jpg,1.jpg)")
+        names.append(entry.name)
+    if not names:
+        raise DataError(f"{base}: no pairs found (expected <folder>/images/<pair_id>/0.jpg,1.jpg or "
+                        f"<folder>/<pair_id>/0.jpg,1.jpg)")
+    if base is nested and any(PAIR_ID_RE.fullmatch(e.name) and e.is_dir() for e in os.scandir(folder)):
+        raise DataError(f"{folder}: holds pair folders both in images/ and directly; keep one layout")
+    return base, names
+
+
+def read_pair_folder(folder: str | os.PathLike, labels_csv: str | os.PathLike | None = None) -> list[Pair]:
+    """Kryptonite ``test_public`` layout: ``folder/images/<pair_id>/{0,1}.jpg`` or ``folder/<pair_id>/{0,1}.jpg``.
+
+    Pair ids are 8 ASCII digits; pairs come sorted by id. Labels come from
+    ``labels_csv`` or ``folder/pairs.csv`` when present (else ``label=None``);
+    a labelled folder must have a label for every pair and vice versa (ids
+    matched as numbers, so a label CSV may write ``1`` for folder ``00000001``).
+    """
+    folder = Path(folder)
+    images, pairs_dirs = _pair_dirs(folder)
     labels = None
-    if labels_csv is None and (folder / "pairs.csv").is_file():
+    if labels_csv is None and _is_file(folder / "pairs.csv"):
         labels_csv = folder / "pairs.csv"
     if labels_csv is not None:
         labels = read_label_csv(labels_csv)
@@ -258,7 +492,7 @@ def read_pair_folder(folder: str | os.PathLike, labels_csv: str | os.PathLike | 
     for pid in pairs_dirs:
         a, b = images / pid / "0.jpg", images / pid / "1.jpg"
         for p in (a, b):
-            if not p.is_file():
+            if not _is_file(p):
                 raise DataError(f"{p}: missing (each pair folder holds 0.jpg and 1.jpg)")
         if labels is None:
             pairs.append(Pair(pid, a, b))
@@ -266,6 +500,99 @@ def read_pair_folder(folder: str | os.PathLike, labels_csv: str | os.PathLike | 
             label, ptype, attack = labels[pid]
             pairs.append(Pair(pid, a, b, label, ptype, attack))
     return pairs
+
+
+def write_pair_folder(pairs: list[Pair], out: str | os.PathLike, force: bool = False) -> Path:
+    """Write ``pairs`` as a labelled pair folder: ``out/images/<pair_id>/{0,1}.jpg`` + ``pairs.csv``.
+
+    Images are hard-linked where the file system allows (no extra space),
+    copied otherwise; ``sources.csv`` says which file each came from. Built in
+    the hidden sibling ``.<out>.partial-<pid>`` and renamed into place, so a
+    killed run leaves nothing that looks complete (the next run removes such
+    orphans). A non-empty ``out`` needs ``force``.
+    """
+    out = Path(out)
+    if not pairs:
+        raise DataError(f"{out}: no pairs to write")
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise DataError(f"{out}: not empty; pass --force to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_orphans(out.parent, re.compile(re.escape(f".{out.name}.partial-") + r"(?P<pid>[0-9]+)"))
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        rows, sources = [], []
+        for pair in pairs:
+            for k, src in enumerate((pair.path_a, pair.path_b)):
+                dest = tmp / "images" / pair.pair_id / f"{k}.jpg"
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(src, dest)
+                except OSError:
+                    shutil.copyfile(src, dest)
+            label = "" if pair.label is None else str(pair.label)
+            rows.append((pair.pair_id, label, pair.type, pair.attack))
+            sources.append((pair.pair_id, str(pair.path_a), str(pair.path_b)))
+        for name, header, body in (("pairs.csv", ("pair_id", "label", "type", "attack"), rows),
+                                   ("sources.csv", ("pair_id", "source_0", "source_1"), sources)):
+            buf = io.StringIO()
+            writer = csv.writer(buf, lineterminator="\n")
+            writer.writerow(header)
+            writer.writerows(body)
+            (tmp / name).write_text(buf.getvalue())
+        if out.exists():
+            shutil.rmtree(out)
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (one we may not signal counts as alive)."""
+    if pid <= 0:
+        return True  # never guess about process groups
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def remove_orphans(folder: str | os.PathLike, pattern: re.Pattern) -> list[Path]:
+    """Remove what a killed run left in ``folder``: entries whose whole name matches ``pattern``.
+
+    Used by every tool that writes through a hidden temporary name
+    (``.OUT.partial-<pid>``, ``.OUT.tmp-<pid>-*``, ``.last.pt.tmp``). Where the
+    pattern's ``pid`` group matched, the entry of a live process (this one
+    included) is spared, so two runs side by side never delete each other's
+    work. Returns what was removed.
+    """
+    folder = Path(folder)
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if match is None:
+            continue
+        pid = match.groupdict().get("pid")
+        if pid is not None and (int(pid) == os.getpid() or pid_alive(int(pid))):
+            continue
+        path = Path(entry.path)
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
 
 
 def lfw_image_path(lfw_root: str | os.PathLike, name: str, index: int) -> Path:
@@ -285,9 +612,9 @@ def read_lfw_pairs(lfw_root: str | os.PathLike, pairs_txt: str | os.PathLike) ->
     if not lines:
         raise DataError(f"{pairs_txt}:1: empty file, expected the header '10\\t300'")
     head = lines[0].split()
-    if len(head) != 2 or not all(h.isdigit() and int(h) > 0 for h in head):
+    if len(head) != 2 or not all(_ascii_digits(h) and len(h) <= 9 and int(h) > 0 for h in head):
         raise DataError(f"{pairs_txt}:1: expected a header '<folds>\\t<pairs per class>' like '10\\t300', "
-                        f"got {lines[0]!r}")
+                        f"got {_shown(lines[0])}")
     folds, per_class = int(head[0]), int(head[1])
     body = lines[1:]
     while body and not body[-1].strip():
@@ -303,24 +630,30 @@ def read_lfw_pairs(lfw_root: str | os.PathLike, pairs_txt: str | os.PathLike) ->
         fold, within = divmod(k, 2 * per_class)
         same = within < per_class
         fields = line.split()
+
+        def number(text: str) -> int:  # ASCII digits only: int() would take ' 1', '1_0' and '١'
+            if not (_ascii_digits(text) and len(text) <= 9):
+                raise ValueError(f"invalid literal for an image number: {_shown(text)}")
+            return int(text)
+
         try:
             if same:
                 if len(fields) != 3:
-                    raise ValueError(f"expected 'name i j' (same-person block), got {line!r}")
-                a = lfw_image_path(lfw_root, fields[0], int(fields[1]))
-                b = lfw_image_path(lfw_root, fields[0], int(fields[2]))
+                    raise ValueError(f"expected 'name i j' (same-person block), got {_shown(line, 120)}")
+                a = lfw_image_path(lfw_root, fields[0], number(fields[1]))
+                b = lfw_image_path(lfw_root, fields[0], number(fields[2]))
             else:
                 if len(fields) != 4:
-                    raise ValueError(f"expected 'name1 i name2 j' (different-person block), got {line!r}")
-                a = lfw_image_path(lfw_root, fields[0], int(fields[1]))
-                b = lfw_image_path(lfw_root, fields[2], int(fields[3]))
+                    raise ValueError(f"expected 'name1 i name2 j' (different-person block), got {_shown(line, 120)}")
+                a = lfw_image_path(lfw_root, fields[0], number(fields[1]))
+                b = lfw_image_path(lfw_root, fields[2], number(fields[3]))
         except ValueError as exc:
             raise DataError(f"{where}: {exc}") from None
         for name in (fields[0], fields[-2]):
-            if "/" in name or "\\" in name or name in ("..", "."):
-                raise DataError(f"{where}: bad identity name {name!r}")
+            if "/" in name or "\\" in name or name in ("..", ".") or _CONTROL.search(name):
+                raise DataError(f"{where}: bad identity name {_shown(name)}")
         for p in (a, b):
-            if not p.is_file():
+            if not _is_file(p):
                 raise DataError(f"{where}: image {p} does not exist")
         pairs.append(Pair(f"{k:08d}", a, b, int(same), GENUINE if same else IMPOSTOR, "", fold))
     return pairs
@@ -332,15 +665,15 @@ def _read_marker(marker: Path, root: Path) -> dict[str, int]:
         if not isinstance(data, dict):
             raise DataError(f"{marker}: expected a JSON object {{\"<identity>/<image>\": 0|1}}, "
                             f"got {type(data).__name__}")
-        items = [(rel, value, f"{marker}: entry {rel!r}") for rel, value in data.items()]
+        items = [(rel, value, f"{marker}: entry {_shown(rel)}") for rel, value in data.items()]
     else:
         _, rows = _read_csv_rows(marker, ("path", "is_fake"))
         items = [(row["path"], row["is_fake"], f"{marker}:{line_no}") for line_no, row in rows]
     marks = {}
     for rel, value, where in items:
-        flag = _parse_01(value, where)
+        flag = _parse_01(value, where, booleans=marker.suffix.lower() == ".json")
         path = safe_join(root, rel, where)
-        if not path.is_file():
+        if not _is_file(path):
             raise DataError(f"{where}: image {path} does not exist")
         marks[Path(rel).as_posix()] = flag
     return marks
@@ -373,7 +706,7 @@ def read_identity_folders(root: str | os.PathLike, marker: str | os.PathLike | N
     listed = {f"{s.identity}/{s.path.name}" for s in samples}
     unlisted = sorted(set(marks) - listed)
     if unlisted:
-        raise DataError(f"{marker}: {unlisted[0]!r} is not an image in an identity folder of {root}")
+        raise DataError(f"{marker}: {_shown(unlisted[0])} is not an image in an identity folder of {root}")
     return samples
 
 
@@ -398,9 +731,29 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("split-csv", parents=[common], help="train.csv / val.csv (label,path,split,is_query,is_gallery)")
     p.add_argument("path", help="the CSV file")
     p.add_argument("--root", required=True, help="folder the CSV's paths are relative to")
+    p = sub.add_parser("kryptonite-val", parents=[common],
+                       help="labelled validation pairs from the organisers' val.csv + train/meta.json "
+                            "(genuine, impostor, fake pairs); --out writes them as a pair folder that "
+                            "training.train validates on: kryptonite-val DATA/val.csv --root DATA --out DATA/val, "
+                            "then python -m training.train data_dir=DATA",
+                       description="Build labelled validation pairs from val.csv (1 query + 2 gallery images per "
+                                   "identity): each query against its identity's gallery images (genuine, or "
+                                   "fake-of-same where meta.json marks a fake) and against one other identity's "
+                                   "(impostor / fake-of-other). Deterministic for a seed. With --out, write "
+                                   "OUT/images/<pair_id>/{0,1}.jpg (hard links where possible) + pairs.csv; "
+                                   "--out DATA/val makes python -m training.train data_dir=DATA validate on them. "
+                                   "Orphans of a killed run (.OUT.partial-<pid>) are removed by the next run.")
+    p.add_argument("val_csv", help="the organisers' val.csv (label,path,split,is_query,is_gallery)")
+    p.add_argument("--root", required=True, help="folder the CSV's paths are relative to (the dataset root)")
+    p.add_argument("--meta", default=None, help="meta.json marking fakes (default ROOT/train/meta.json)")
+    p.add_argument("--seed", type=int, default=0, help="which other identity each query meets (default 0)")
+    p.add_argument("--out", default=None, help="write the pairs as a labelled pair folder here (e.g. DATA/val)")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out")
     p = sub.add_parser("pair-folder", parents=[common],
-                       help="test_public layout: images/<pair_id>/0.jpg,1.jpg [+ pairs.csv]")
-    p.add_argument("folder", help="folder holding images/ (and optionally pairs.csv)")
+                       help="test_public layout: images/<pair_id>/0.jpg,1.jpg or <pair_id>/0.jpg,1.jpg "
+                            "[+ pairs.csv]")
+    p.add_argument("folder", help="folder holding images/<pair_id>/ or the <pair_id>/ folders "
+                                  "(and optionally pairs.csv)")
     p.add_argument("--labels-csv",
                    help="pair labels (pair_id,label[,type,attack]); default folder/pairs.csv if present")
     p = sub.add_parser("lfw-pairs", parents=[common], help="LFW pairs.txt over identity folders")
@@ -415,6 +768,8 @@ def main(argv: list[str] | None = None) -> int:
             items = read_kryptonite_train(args.root)
         elif args.format == "split-csv":
             items = read_split_csv(args.path, args.root)
+        elif args.format == "kryptonite-val":
+            items = read_kryptonite_val(args.val_csv, args.root, args.meta, args.seed)
         elif args.format == "pair-folder":
             items = read_pair_folder(args.folder, args.labels_csv)
         elif args.format == "lfw-pairs":
@@ -431,6 +786,9 @@ def main(argv: list[str] | None = None) -> int:
             line = f"{len(items)} pairs, {len(labelled)} labelled, {sum(pair.label == 1 for pair in labelled)} positive"
         if args.check_images or args.check_faces:
             line += _check_images(list(dict.fromkeys(paths)), args.check_faces)
+        if getattr(args, "out", None):
+            write_pair_folder(items, args.out, args.force)
+            line += f"; written to {args.out}"
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -5,8 +5,9 @@ up to ``prefetch`` batches ahead of the backend, writing straight into a
 small ring of reused batch buffers, so the backend rarely waits for the CPU
 side. Images that cannot be used are reported (path + reason) and skipped;
 ``strict=True`` stops at the first one instead. An optional cache
-(``embeddings.npy`` + ``index.json`` per model) lets a re-run skip images it
-has already embedded.
+(``embeddings.npy`` + ``index.json`` per model, keyed by each file's content
+hash) lets a re-run skip images it has already embedded: the decode threads
+read and hash each file and take a hit from the cache instead of decoding it.
 
 The embedder owns its backend (closing the embedder closes it) and calls it
 from the thread that calls :meth:`Embedder.embed_paths`: a backend is used by
@@ -16,7 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,7 +29,9 @@ from typing import Sequence
 import numpy as np
 
 from engine.backends.base import Backend
-from engine.preprocess import ImageError, Preprocessor
+from engine.preprocess import ImageError, Preprocessor, read_file
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -63,82 +68,102 @@ def default_workers() -> int:
 
 
 class EmbeddingCache:
-    """Embeddings of image files for one model, keyed by absolute path, size and mtime.
+    """Embeddings of image files for one model, keyed by the SHA-256 of each file's bytes.
 
-    Lives in ``<cache_dir>/<fingerprint>/`` (one folder per backend, precision
-    and model file), as ``embeddings.npy`` + ``index.json``. Both are replaced
-    atomically, array first, so an interrupted save leaves a usable cache.
+    Keyed on content, not on path, size and mtime: a file replaced by another
+    of the same size and mtime (a copy with ``cp -p``, a re-extracted archive)
+    must not get the old file's embedding. Lives in ``<cache_dir>/<fingerprint>/``
+    (one folder per backend, precision and model file), as ``embeddings.npy`` +
+    ``index.json``, both replaced atomically, array first, so an interrupted
+    save leaves a usable cache. A damaged cache is ignored with a warning and
+    rebuilt; it never yields a wrong row. ``get`` is called from the decode
+    threads, ``put`` from the embedding thread: both hold a lock.
     """
+
+    FORMAT = 2  # index.json layout: {"format", "key", "entries": {sha256 hex: row}}
 
     def __init__(self, cache_dir: str | os.PathLike, key: dict, dim: int):
         digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         self.folder = Path(cache_dir) / digest
         self.key, self.dim = key, dim
-        self._rows: dict[str, list] = {}
+        self._rows: dict[str, int] = {}
         self._blocks: list[np.ndarray] = []
         self._n = 0
         self._dirty = False
+        self._lock = threading.Lock()
         self._load()
 
     def _load(self) -> None:
         index, array = self.folder / "index.json", self.folder / "embeddings.npy"
-        if not (index.is_file() and array.is_file()):
+        if not (index.exists() or array.exists()):
             return
         try:
             data = json.loads(index.read_text())
-            emb = np.load(array)
-            rows = data["entries"]
-            if data.get("key") != self.key or emb.ndim != 2 or emb.shape[1] != self.dim:
-                return
-            if rows and max(r[0] for r in rows.values()) >= len(emb):
-                return
-        except (OSError, ValueError, KeyError, TypeError):
-            return  # an unreadable cache is only a cache: start afresh
-        self._rows, self._blocks, self._n = rows, [emb.astype(np.float32, copy=False)], len(emb)
+            emb = np.load(array, allow_pickle=False)
+            why = self._damage(data, emb)
+        except Exception as exc:  # an unreadable cache is only a cache (np.load alone raises 5 types)
+            why = f"{type(exc).__name__}: {exc}"
+        if why is not None:
+            log.warning("%s: damaged embedding cache ignored and rebuilt (%s)", self.folder, why.splitlines()[0])
+            return
+        self._rows, self._blocks, self._n = data["entries"], [emb], len(emb)
+
+    def _damage(self, data, emb: np.ndarray) -> str | None:
+        """Why ``index.json`` + ``embeddings.npy`` cannot be trusted, or None."""
+        if not isinstance(data, dict) or data.get("format") != self.FORMAT:
+            return "index.json is not in this version's format"
+        if data.get("key") != self.key:
+            return "index.json belongs to another model"
+        if emb.dtype != np.float32 or emb.ndim != 2 or emb.shape[1] != self.dim:
+            return f"embeddings.npy is {emb.dtype} {emb.shape}, expected float32 (N, {self.dim})"
+        if not np.isfinite(emb).all():
+            return "embeddings.npy holds non-finite values"
+        rows = data.get("entries")
+        if not isinstance(rows, dict):
+            return "index.json has no entries object"
+        for digest, row in rows.items():
+            if not (isinstance(row, int) and not isinstance(row, bool) and 0 <= row < len(emb)
+                    and len(digest) == 64):
+                return f"entry {digest[:16]!r} -> {str(row)[:20]!r} is not a row of embeddings.npy ({len(emb)} rows)"
+        return None
 
     @staticmethod
-    def _stamp(path: Path) -> tuple[str, int, int] | None:
-        try:
-            st = path.stat()
-        except OSError:
-            return None
-        return str(path.resolve()), st.st_size, st.st_mtime_ns
+    def digest(data: bytes) -> str:
+        return hashlib.sha256(data).hexdigest()
 
-    def get(self, path: Path) -> np.ndarray | None:
-        stamp = self._stamp(path)
-        entry = self._rows.get(stamp[0]) if stamp else None
-        if entry is None or (entry[1], entry[2]) != stamp[1:]:
-            return None
-        if len(self._blocks) > 1:
-            self._blocks = [np.concatenate(self._blocks)]
-        return self._blocks[0][entry[0]]
+    def get(self, digest: str) -> np.ndarray | None:
+        with self._lock:
+            row = self._rows.get(digest)
+            if row is None:
+                return None
+            if len(self._blocks) > 1:
+                self._blocks = [np.concatenate(self._blocks)]
+            return self._blocks[0][row].copy()
 
-    def put(self, paths: Sequence[Path], embeddings: np.ndarray) -> None:
-        keep = []
-        for path, emb in zip(paths, embeddings):
-            stamp = self._stamp(path)
-            if stamp:
-                self._rows[stamp[0]] = [self._n + len(keep), stamp[1], stamp[2]]
-                keep.append(emb)
-        if keep:
-            self._blocks.append(np.asarray(keep, dtype=np.float32))
-            self._n += len(keep)
-            self._dirty = True
+    def put(self, digests: Sequence[str], embeddings: np.ndarray) -> None:
+        with self._lock:
+            for k, digest in enumerate(digests):
+                self._rows[digest] = self._n + k
+            if len(digests):
+                self._blocks.append(np.asarray(embeddings, dtype=np.float32))
+                self._n += len(digests)
+                self._dirty = True
 
     def save(self) -> None:
-        if not self._dirty:
-            return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        emb = np.concatenate(self._blocks) if self._blocks else np.zeros((0, self.dim), np.float32)
-        self._blocks = [emb]
-        tmp = self.folder / ".embeddings.npy.tmp"
-        with open(tmp, "wb") as f:
-            np.save(f, emb)
-        os.replace(tmp, self.folder / "embeddings.npy")
-        tmp = self.folder / ".index.json.tmp"
-        tmp.write_text(json.dumps({"key": self.key, "entries": self._rows}))
-        os.replace(tmp, self.folder / "index.json")
-        self._dirty = False
+        with self._lock:
+            if not self._dirty:
+                return
+            self.folder.mkdir(parents=True, exist_ok=True)
+            emb = np.concatenate(self._blocks) if self._blocks else np.zeros((0, self.dim), np.float32)
+            self._blocks = [emb]
+            tmp = self.folder / ".embeddings.npy.tmp"
+            with open(tmp, "wb") as f:
+                np.save(f, emb)
+            os.replace(tmp, self.folder / "embeddings.npy")
+            tmp = self.folder / ".index.json.tmp"
+            tmp.write_text(json.dumps({"format": self.FORMAT, "key": self.key, "entries": self._rows}))
+            os.replace(tmp, self.folder / "index.json")
+            self._dirty = False
 
 
 def model_fingerprint(backend: Backend) -> dict:
@@ -176,26 +201,37 @@ class Embedder:
         self.progress = progress
         self.prefetch = max(0, prefetch)
         self.cache = EmbeddingCache(cache_dir, model_fingerprint(backend), backend.embedding_dim) if cache_dir else None
-        self.preprocessor = Preprocessor(backend.config, size=backend.input_size)
+        # Blank (one-colour) inputs are refused: they would score as the same "person" as each other.
+        self.preprocessor = Preprocessor(backend.config, size=backend.input_size, refuse_blank=True)
         self._info: dict[Path, tuple[dict, list[str]]] = {}
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="decode")
         size = backend.input_size
         self._buffers = [np.empty((self.batch_size, size, size, 3), np.uint8) for _ in range(self.prefetch + 1)]
 
-    def _load_into(self, buf: np.ndarray, row: int, path: Path) -> str | None:
-        """Decode + detect + align one file into ``buf[row]``; the failure reason, or None."""
+    def _load_into(self, buf: np.ndarray, row: int, path: Path) -> tuple[str | None, np.ndarray | None, str | None]:
+        """Read one file; take its embedding from the cache, or decode + detect + align it into ``buf[row]``.
+
+        Returns (content digest or None without a cache, cached embedding or None, failure reason or None).
+        """
+        digest = None
         try:
-            prepared = self.preprocessor.load(path)
+            data = read_file(path)
+            if self.cache is not None:
+                digest = self.cache.digest(data)
+                hit = self.cache.get(digest)
+                if hit is not None:
+                    return digest, hit, None
+            prepared = self.preprocessor.load(path, data)
             buf[row] = prepared.image
             if prepared.face is not None:
                 self._info[path] = (prepared.info(), prepared.warnings)
-            return None
+            return digest, None, None
         except ImageError as exc:
             text = str(exc)
             prefix = f"{path}: "
-            return text[len(prefix):] if text.startswith(prefix) else text
+            return digest, None, text[len(prefix):] if text.startswith(prefix) else text
         except Exception as exc:  # anything else about one file must not kill a long run
-            return f"{type(exc).__name__}: {exc}"
+            return digest, None, f"{type(exc).__name__}: {exc}"
 
     def _submit(self, k: int, chunk: list[Path]) -> list[Future]:
         buf = self._buffers[k % len(self._buffers)]
@@ -211,36 +247,34 @@ class Embedder:
         self._info = {}  # this call's detections only
         dim = self.backend.embedding_dim
         found: dict[Path, np.ndarray] = {}
-        if self.cache is not None:
-            for p in unique:
-                hit = self.cache.get(p)
-                if hit is not None:
-                    found[p] = hit
-        n_cached = len(found)
-        todo = [p for p in unique if p not in found]
-        chunks = [todo[i:i + self.batch_size] for i in range(0, len(todo), self.batch_size)]
+        chunks = [unique[i:i + self.batch_size] for i in range(0, len(unique), self.batch_size)]
         failures: list[Failure] = []
-        bar = tqdm(total=len(unique), initial=n_cached, desc=desc, unit="img", disable=not self.progress,
-                   leave=False, dynamic_ncols=True)
+        n_cached = n_embedded = 0
+        bar = tqdm(total=len(unique), desc=desc, unit="img", disable=not self.progress, leave=False,
+                   dynamic_ncols=True)
         pending: dict[int, list[Future]] = {}
         try:
             for k in range(min(len(chunks), self.prefetch + 1)):
                 pending[k] = self._submit(k, chunks[k])
             for k, chunk in enumerate(chunks):
-                reasons = [f.result() for f in pending.pop(k)]
+                outcomes = [f.result() for f in pending.pop(k)]
                 buf = self._buffers[k % len(self._buffers)]
-                good = [r is None for r in reasons]
-                bad = [Failure(p, r) for p, r in zip(chunk, reasons) if r is not None]
+                bad = [Failure(p, why) for p, (_, _, why) in zip(chunk, outcomes) if why is not None]
                 if bad and self.strict:
                     raise ImageError(str(bad[0]))
                 failures += bad
-                kept = [p for p, g in zip(chunk, good) if g]
-                if kept:
-                    batch = buf[:len(chunk)] if all(good) else buf[:len(chunk)][np.array(good)]
+                for p, (_, hit, _) in zip(chunk, outcomes):
+                    if hit is not None:
+                        found[p] = hit
+                        n_cached += 1
+                todo = [r for r, (_, hit, why) in enumerate(outcomes) if hit is None and why is None]
+                if todo:
+                    batch = buf[:len(chunk)] if len(todo) == len(chunk) else buf[np.array(todo)]
                     emb = self.backend.embed(batch)
-                    found.update(zip(kept, emb))
+                    found.update(zip((chunk[r] for r in todo), emb))
+                    n_embedded += len(todo)
                     if self.cache is not None:
-                        self.cache.put(kept, emb)
+                        self.cache.put([outcomes[r][0] for r in todo], emb)
                 # Batch k's buffer is free again: start decoding the batch that reuses it.
                 nxt = k + self.prefetch + 1
                 if nxt < len(chunks):
@@ -264,8 +298,7 @@ class Embedder:
             emb = found.get(p)
             if emb is not None:
                 out[i], ok[i] = emb, True
-        return EmbedResult(out, ok, failures, time.perf_counter() - start, len(todo) - len(failures), n_cached,
-                           faces, warnings)
+        return EmbedResult(out, ok, failures, time.perf_counter() - start, n_embedded, n_cached, faces, warnings)
 
     def close(self) -> None:
         """Stop the decode threads and close the backend."""

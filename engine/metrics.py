@@ -15,6 +15,8 @@ computed by :func:`evaluate`.
 
 ``python -m engine.metrics --submission SUB.csv --labels LABELS.csv --out DIR``
 scores a Kryptonite submission against a label CSV and writes a report folder.
+It joins rows on pair id; the organisers' scorer pairs them by position, so it
+warns when the submission's rows are not in the labels' order.
 """
 from __future__ import annotations
 
@@ -94,18 +96,48 @@ class _SortedPairs:
         return fps / fps[-1], tps / tps[-1], thr
 
 
-def roc_curve(labels, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """ROC as (fpr, tpr, thresholds), one point per distinct score, highest threshold first.
+def _drop_intermediate(tps: np.ndarray, fps: np.ndarray, thr: np.ndarray):
+    """The ROC points scikit-learn's ``roc_curve`` keeps by default (``drop_intermediate=True``).
 
-    Identical to ``sklearn.metrics.roc_curve(labels, scores, drop_intermediate=False)``:
-    the first point is (0, 0) at threshold +inf; point k accepts ``score >= thresholds[k]``.
+    On the counts after the (0, 0, inf) start: the first and last points are
+    kept, and an inner point only where the second difference of the false
+    or the true positive counts is non-zero (a corner); points in the middle
+    of a run of equal steps go. The start point is always kept. The
+    organisers' scorer computes its EER on exactly these points.
     """
-    return _SortedPairs(*check_inputs(labels, scores)).roc()
+    if len(tps) - 1 <= 2:
+        return tps, fps, thr
+    t, f = tps[1:], fps[1:]
+    corner = (np.diff(f, 2) != 0) | (np.diff(t, 2) != 0)
+    keep = np.concatenate(([True, True], corner, [True]))  # start, first, inner corners, last
+    return tps[keep], fps[keep], thr[keep]
+
+
+def roc_curve(labels, scores, drop_intermediate: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ROC as (fpr, tpr, thresholds), highest threshold first.
+
+    Identical to ``sklearn.metrics.roc_curve(labels, scores, drop_intermediate=...)``:
+    the first point is (0, 0) at threshold +inf; point k accepts ``score >= thresholds[k]``.
+    By default one point per distinct score; ``drop_intermediate=True`` keeps
+    only the corners, as sklearn's default (and so the organisers' scorer) does.
+    """
+    tps, fps, thr = _SortedPairs(*check_inputs(labels, scores)).counts()
+    if drop_intermediate:
+        tps, fps, thr = _drop_intermediate(tps, fps, thr)
+    return fps / fps[-1], tps / tps[-1], thr
+
+
+def _eer_from_counts(tps, fps, thr, method: str) -> tuple[float, float]:
+    """EER and threshold from ROC counts; ``organiser`` first drops the points sklearn drops."""
+    if method == "organiser":
+        tps, fps, thr = _drop_intermediate(tps, fps, thr)
+    return _eer_from_roc(fps / fps[-1], 1.0 - tps / tps[-1], thr, method)
 
 
 def _eer_from_roc(fpr, fnr, thr, method: str) -> tuple[float, float]:
     if method == "organiser":
-        # Kryptonite's scorer: FNR at the first index minimising |FNR - FPR|.
+        # Kryptonite's scorer (eer.py): FNR at the first index minimising |FNR - FPR|,
+        # on sklearn's default ROC, i.e. after drop_intermediate (see _eer_from_counts).
         i = int(np.argmin(np.abs(fnr - fpr)))
         return float(fnr[i]), float(thr[i])
     if method != "interpolated":
@@ -126,13 +158,15 @@ def equal_error_rate(labels, scores, method: str = "interpolated") -> tuple[floa
 
     ``method="interpolated"``: where the FNR and FPR curves cross, interpolated
     linearly between the two neighbouring ROC points (threshold interpolated the
-    same way). ``method="organiser"``: the Kryptonite challenge scorer, FNR at
-    the ROC index minimising |FNR - FPR| without interpolation.
+    same way). ``method="organiser"``: the Kryptonite challenge scorer exactly,
+    FNR at the first index minimising |FNR - FPR|, without interpolation, over
+    the ROC that ``sklearn.metrics.roc_curve`` returns by default (intermediate
+    points dropped: :func:`_drop_intermediate`).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    fpr, tpr, thr = roc_curve(labels, scores)
-    return _eer_from_roc(fpr, 1.0 - tpr, thr, method)
+    tps, fps, thr = _SortedPairs(*check_inputs(labels, scores)).counts()
+    return _eer_from_counts(tps, fps, thr, method)
 
 
 def _auc(fpr, tpr) -> float:
@@ -237,6 +271,12 @@ def _bootstrap_eers(tps: np.ndarray, fps: np.ndarray, n: int, rng, method: str) 
     bisection over the ROC points, sampling T and F at each midpoint from
     their exact conditional binomials: the same distribution as drawing every
     pair, in O(n log points) instead of O(n * pairs).
+
+    ``organiser`` also needs the points sklearn would drop around the crossing
+    (:func:`_drop_intermediate`): :func:`_organiser_points` walks outwards from
+    the crossing one ROC point at a time, sampling each point's counts given
+    the nearest points already sampled (kept per resample as a stack of the
+    bisection's bounds), until it meets the kept point on each side.
     """
     P, N = int(tps[-1]), int(fps[-1])
     G = len(tps) - 1
@@ -244,6 +284,14 @@ def _bootstrap_eers(tps: np.ndarray, fps: np.ndarray, n: int, rng, method: str) 
     hi = np.full(n, G, dtype=np.int64)
     t_lo, f_lo = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
     t_hi, f_hi = np.full(n, P, dtype=np.int64), np.full(n, N, dtype=np.int64)
+    organiser = method == "organiser"
+    if organiser:
+        # Every sampled bound, per resample and side: (index, T, F); top = current lo / hi.
+        depth = G.bit_length() + 2
+        left = np.zeros((3, n, depth), dtype=np.int64)
+        right = np.zeros((3, n, depth), dtype=np.int64)
+        right[:, :, 0] = np.array([G, P, N])[:, None]
+        n_left, n_right = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
     # Invariant: FNR - FPR > 0 at lo and <= 0 at hi (true at the ends: +1 and -1).
     while True:
         active = np.flatnonzero(hi - lo > 1)
@@ -264,15 +312,93 @@ def _bootstrap_eers(tps: np.ndarray, fps: np.ndarray, n: int, rng, method: str) 
         go_hi, go_lo = active[below], active[~below]
         hi[go_hi], t_hi[go_hi], f_hi[go_hi] = mid[below], t_mid[below], f_mid[below]
         lo[go_lo], t_lo[go_lo], f_lo[go_lo] = mid[~below], t_mid[~below], f_mid[~below]
+        if organiser:
+            for stack, count, rows, keep in ((right, n_right, go_hi, below), (left, n_left, go_lo, ~below)):
+                count[rows] += 1
+                stack[:, rows, count[rows]] = np.stack([mid[keep], t_mid[keep], f_mid[keep]])
+    if organiser:
+        (t_a, f_a), (t_b, f_b) = _organiser_points(tps, fps, rng, left, n_left, right, n_right,
+                                                   t_hi - t_lo, f_hi - f_lo)
+        d_a, d_b = 1.0 - t_a / P - f_a / N, 1.0 - t_b / P - f_b / N
+        # First index on ties (the earlier point); d strictly falls between kept points.
+        return np.where(np.abs(d_a) <= np.abs(d_b), 1.0 - t_a / P, 1.0 - t_b / P)
     fpr_lo, fpr_hi = f_lo / N, f_hi / N
     fnr_lo, fnr_hi = 1.0 - t_lo / P, 1.0 - t_hi / P
     d_lo, d_hi = fnr_lo - fpr_lo, fnr_hi - fpr_hi
-    if method == "organiser":
-        # argmin |d| over a non-increasing d is at lo or hi (first index on ties; equal d
-        # at earlier points means equal counts there, so the same FNR).
-        return np.where(np.abs(d_lo) <= np.abs(d_hi), fnr_lo, fnr_hi)
     t = np.where(d_hi == 0, 1.0, d_lo / (d_lo - d_hi))
     return fpr_lo + t * (fpr_hi - fpr_lo)
+
+
+def _organiser_points(tps, fps, rng, left, n_left, right, n_right, step_t, step_f):
+    """Counts at the kept ROC points either side of each resample's crossing.
+
+    The bisection left each resample's crossing between grid points lo and
+    hi = lo + 1 (tops of ``left``/``right``); the resample's ROC point B = hi
+    is reached by the step (``step_t``, ``step_f``) != 0. sklearn drops a point
+    when the steps into and out of it are equal, so the kept points around the
+    crossing are the two ends of the run of steps equal to B's step: walking
+    down from lo to the first resample point whose own step differs (or that
+    is the first point; none at all means the (0, 0) start), and up from hi to
+    the first point whose next step differs (or that is the last point).
+    Each grid point's counts are drawn given the nearest sampled points around
+    it (a binomial share of what lies between), so the walk keeps the exact
+    resampling distribution. Returns ((T, F) before, (T, F) after).
+    """
+    n = len(step_t)
+    rows = np.arange(n)
+    P, N = int(tps[-1]), int(fps[-1])
+
+    def share(total, c, a, b, c_from):
+        """Binomial part of ``total`` (drawn in (a, b]) falling in grid step c_from -> c_from +- 1."""
+        span = np.abs(c[b] - c[a])
+        part = np.abs(c[c_from + np.sign(b - a)] - c[c_from])
+        return rng.binomial(total, np.divide(part, span, out=np.zeros(len(total)), where=span > 0))
+
+    # Down from lo: the sampled point below the current one is the stack entry under it.
+    cur = left[0, rows, n_left].copy()
+    tc, fc = left[1, rows, n_left].copy(), left[2, rows, n_left].copy()
+    below = n_left - 1
+    before_t, before_f = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+    active = cur > 0  # lo = 0: no resample point before B, the kept point is the start
+    while active.any():
+        a = np.flatnonzero(active)
+        k = left[:, a, below[a]]  # (index, T, F) of the sampled point below
+        # The step into grid point cur: a share of what lies between k and cur.
+        bt = share(tc[a] - k[1], tps, cur[a], k[0], cur[a])
+        bf = share(fc[a] - k[2], fps, cur[a], k[0], cur[a])
+        real = (bt > 0) | (bf > 0)
+        first = (tc[a] - bt == 0) & (fc[a] - bf == 0)
+        stop = real & ((bt != step_t[a]) | (bf != step_f[a]) | first)
+        before_t[a[stop]], before_f[a[stop]] = tc[a[stop]], fc[a[stop]]
+        tc[a] -= bt
+        fc[a] -= bf
+        cur[a] -= 1
+        below[a] -= cur[a] == k[0]
+        active[a[stop | (cur[a] == 0)]] = False  # reaching 0 unstopped: no earlier point, the start
+
+    # Up from hi: B is kept when it is the first or last point, else while the next step equals B's.
+    cur = right[0, rows, n_right].copy()
+    tc, fc = right[1, rows, n_right].copy(), right[2, rows, n_right].copy()
+    above = n_right - 1
+    after_t, after_f = tc.copy(), fc.copy()
+    first_b = (tc - step_t == 0) & (fc - step_f == 0)
+    active = ~first_b & ~((tc == P) & (fc == N))
+    while active.any():
+        a = np.flatnonzero(active)
+        k = right[:, a, above[a]]  # the sampled point above
+        bt = share(k[1] - tc[a], tps, cur[a], k[0], cur[a])
+        bf = share(k[2] - fc[a], fps, cur[a], k[0], cur[a])
+        tc[a] += bt
+        fc[a] += bf
+        cur[a] += 1
+        above[a] -= cur[a] == k[0]
+        real = (bt > 0) | (bf > 0)
+        same = real & (bt == step_t[a]) & (bf == step_f[a])
+        moved = a[same]  # the point we stood on is dropped: the next one is the candidate now
+        after_t[moved], after_f[moved] = tc[moved], fc[moved]
+        last = same & (tc[a] == P) & (fc[a] == N)
+        active[a[(real & ~same) | last]] = False
+    return (before_t, before_f), (after_t, after_f)
 
 
 def bootstrap_eer_ci(labels, scores, n: int = 1000, seed: int = 0, alpha: float = 0.05,
@@ -282,6 +408,8 @@ def bootstrap_eer_ci(labels, scores, n: int = 1000, seed: int = 0, alpha: float 
     Pairs are resampled with replacement within each class (positives among
     positives, negatives among negatives), so every resample has both classes
     and the class balance of the data. Deterministic for a given ``seed``.
+    With ``method="organiser"`` each resample's EER follows the organisers'
+    rule exactly too (sklearn's ROC with intermediate points dropped).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -348,8 +476,8 @@ def evaluate(labels, scores, types=None, attacks=None, *, threshold: float | Non
 
     tps, fps, thr = pairs.counts()
     fpr, fnr = fps / fps[-1], 1.0 - tps / tps[-1]
-    eer_i, thr_i = _eer_from_roc(fpr, fnr, thr, "interpolated")
-    eer_o, thr_o = _eer_from_roc(fpr, fnr, thr, "organiser")
+    eer_i, thr_i = _eer_from_counts(tps, fps, thr, "interpolated")
+    eer_o, thr_o = _eer_from_counts(tps, fps, thr, "organiser")
     eer, eer_thr = (eer_i, thr_i) if method == "interpolated" else (eer_o, thr_o)
 
     result: dict = {
@@ -421,7 +549,7 @@ def evaluate(labels, scores, types=None, attacks=None, *, threshold: float | Non
             return None, None
         sub = pairs.subset(genuine | neg_mask)
         st, sf, sthr = sub.counts()
-        e, th = _eer_from_roc(sf / sf[-1], 1.0 - st / st[-1], sthr, method)
+        e, th = _eer_from_counts(st, sf, sthr, method)
         return e, _json_float(th)
 
     result["eer_real"], result["eer_real_threshold"] = split_eer(impostor)
@@ -477,7 +605,10 @@ def main(argv=None) -> int:
         prog="python -m engine.metrics",
         description="Score a submission CSV (pair_id,similarity) against a label CSV "
                     "(pair_id,label[,type,attack]), joining on pair id; print the metrics "
-                    "and write metrics.json, metrics.md, roc.png, det.png, scores.png.")
+                    "and write metrics.json, metrics.md, roc.png, det.png, scores.png. "
+                    "The organisers' scorer pairs submission and label rows by position instead, "
+                    "so a warning says when the submission's row order differs from the labels' "
+                    "(engine.verify --out writes rows sorted by pair id, as their labels are).")
     parser.add_argument("--submission", required=True, metavar="SUB.csv",
                         help="submission CSV with header pair_id,similarity")
     parser.add_argument("--labels", required=True, metavar="LABELS.csv",
@@ -488,8 +619,9 @@ def main(argv=None) -> int:
                              "omit to only print the metrics")
     parser.add_argument("--method", choices=METHODS, default="interpolated",
                         help="headline EER: 'interpolated' (between the two ROC points where FNR and "
-                             "FPR cross) or 'organiser' (the Kryptonite scorer: FNR at the ROC point "
-                             "minimising |FNR-FPR|); both are always reported (default: %(default)s)")
+                             "FPR cross) or 'organiser' (the Kryptonite scorer exactly: FNR at the ROC point "
+                             "minimising |FNR-FPR| on scikit-learn's default ROC, i.e. roc_curve with "
+                             "drop_intermediate=True); both are always reported (default: %(default)s)")
     parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                         help="bootstrap resamples for the 95%% EER confidence interval; 0 disables "
                              "(default: %(default)s)")

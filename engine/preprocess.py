@@ -8,9 +8,14 @@ HWC of the model's square input size; normalisation lives inside the model
 """
 from __future__ import annotations
 
+import errno
 import io
 import os
+import re
+import stat
+import struct
 import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,44 +26,226 @@ from PIL import Image
 DEFAULT_SIZE = 112
 MIN_SOURCE_SIDE = 8  # smaller than this carries no face: refuse rather than upsample noise
 MAX_PIXELS = 50_000_000  # checked from the header, before any pixel is decoded
+# Larger than any photo a verifier needs (a 50 Mpx JPEG is ~25 MB); checked before reading,
+# so a huge file is refused instead of filling memory (and OpenCV asserts past 2 GiB).
+MAX_FILE_BYTES = 256 * 1024 * 1024
+# The text headers of HDR and PAM files: no real one is longer.
+MAX_TEXT_HEADER = 64 * 1024
+# A model input whose every channel spans at most this many levels is one colour
+# (JPEG rounding included): there is nothing to verify in it.
+BLANK_LEVELS = 2
 
 
 class ImageError(ValueError):
     """An input that is not a usable image; the message names the source."""
 
 
-def _header_size(data: bytes, source: str) -> tuple[int, int]:
-    """Width and height from the file header only (Pillow opens lazily)."""
+def image_format(data: bytes) -> str | None:
+    """The format OpenCV would pick for ``data`` (by the same signatures it checks), or None.
+
+    OpenCV decodes only what one of its decoders recognises; knowing which one
+    lets :func:`_header_size` read that format's size before any pixel exists.
+    """
+    head = data[:16]
+    if head[:3] == b"\xff\xd8\xff":
+        return "JPEG"
+    if head[:8] == b"\x89PNG\r\n\x1a\n":
+        return "PNG"
+    if head[:2] == b"BM":
+        return "BMP"
+    if head[:4] in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):
+        return "TIFF"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    if head[:12] == b"\0\0\0\x0cjP  \r\n\x87\n" or head[:4] == b"\xff\x4f\xff\x51":
+        return "JPEG2000"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if head[:4] == b"\x59\xa6\x6a\x95":
+        return "SUN"
+    if head[4:8] == b"ftyp" and _avif_brand(data):
+        return "AVIF"
+    if head.startswith((b"#?RGBE", b"#?RADIANCE")):
+        return "HDR"
+    if len(head) >= 3 and head[:1] == b"P" and head[2:3].isspace():
+        kind = head[1:2]
+        if kind in (b"1", b"2", b"3", b"4", b"5", b"6"):
+            return "PPM"
+        if kind == b"7":
+            return "PAM"
+        if kind in (b"F", b"f"):
+            return "PFM"
+    return None
+
+
+def _avif_brand(data: bytes) -> bool:
+    """An ISO-BMFF ``ftyp`` box naming avif/avis as its major or a compatible brand (what libavif accepts)."""
+    size = int.from_bytes(data[:4], "big")
+    brands = data[8:min(max(size, 16), 4096)]
+    return any(brands[i:i + 4] in (b"avif", b"avis") for i in range(0, len(brands) - 3, 4))
+
+
+# Formats whose header Pillow reads (lazily: no pixel is decoded), by Pillow's name.
+_PILLOW_FORMATS = {"JPEG", "PNG", "BMP", "WEBP", "JPEG2000", "GIF", "SUN", "AVIF", "PPM"}
+
+
+def _header_size(data: bytes, fmt: str, source: str) -> tuple[int, int]:
+    """Width and height as the header of ``data`` (format ``fmt``) states them.
+
+    Raises :class:`ImageError` when the header cannot be read: a decoder given
+    such bytes might allocate anything, so they are refused before decoding.
+    """
+    if fmt in _PILLOW_FORMATS:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides
+                with Image.open(io.BytesIO(data), formats=[fmt]) as im:
+                    return im.size
+        except Image.DecompressionBombError as exc:
+            raise ImageError(f"{source}: image too large ({exc})") from None
+        except Exception:  # Pillow raises many types for a damaged header
+            size = None
+    else:
+        size = {"TIFF": _tiff_size, "HDR": _hdr_size, "PFM": _pfm_size, "PAM": _pam_size}[fmt](data, source)
+    if size is None:
+        raise ImageError(f"{source}: damaged {fmt} header (cannot read the image size)")
+    return size
+
+
+def _tiff_size(data: bytes, source: str) -> tuple[int, int] | None:
+    """Size from the first IFD (the page OpenCV decodes); tiles are checked too.
+
+    Duplicate tags count at their largest; a tile is allocated whole by
+    OpenCV, so a small image with huge tiles is refused like a huge image.
+    """
+    order = "<" if data[:2] == b"II" else ">"
+    big = data[2:4] in (b"+\0", b"\0+")
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            return im.size
-    except Image.DecompressionBombError as exc:
-        raise ImageError(f"{source}: image too large ({exc})") from None
-    except Exception:
-        # Formats Pillow does not know may still be decodable by OpenCV.
-        return (0, 0)
+        if big:
+            (ifd,) = struct.unpack_from(order + "Q", data, 8)
+            (count,) = struct.unpack_from(order + "Q", data, ifd)
+            first, step, entry = ifd + 8, 20, order + "HHQ8s"
+        else:
+            (ifd,) = struct.unpack_from(order + "I", data, 4)
+            (count,) = struct.unpack_from(order + "H", data, ifd)
+            first, step, entry = ifd + 2, 12, order + "HHI4s"
+        if first + count * step > len(data):
+            return None
+        tags: dict[int, int] = {}
+        for k in range(count):
+            tag, kind, n, raw = struct.unpack_from(entry, data, first + k * step)
+            if tag in (256, 257, 322, 323):  # ImageWidth, ImageLength, TileWidth, TileLength
+                fmt = {3: "H", 4: "I", 16: "Q"}.get(kind)
+                if fmt is None or n != 1:
+                    return None
+                (value,) = struct.unpack_from(order + fmt, raw)
+                tags[tag] = max(value, tags.get(tag, 0))
+    except (struct.error, OverflowError):  # offsets past the end of the data
+        return None
+    if 256 not in tags or 257 not in tags:
+        return None
+    tile_w, tile_h = tags.get(322, 0), tags.get(323, 0)
+    if tile_w * tile_h > MAX_PIXELS:
+        raise ImageError(f"{source}: TIFF tiles of {tile_w}x{tile_h}, over the {MAX_PIXELS:,} pixel limit")
+    return tags[256], tags[257]
+
+
+def _lines(data: bytes, limit: int = 128):
+    """Lines as C's ``fgets`` with a ``limit`` buffer returns them (what OpenCV's RGBE reader sees), up to NUL."""
+    pos, end = 0, min(len(data), MAX_TEXT_HEADER)
+    while pos < end:
+        stop = data.find(b"\n", pos, min(pos + limit - 1, end))
+        nxt = stop + 1 if stop >= 0 else min(pos + limit - 1, end)
+        yield data[pos:nxt].split(b"\0", 1)[0]
+        pos = nxt
+
+
+def _hdr_size(data: bytes, source: str) -> tuple[int, int] | None:
+    """Radiance HDR: header lines up to FORMAT=32-bit_rle_rgbe, a blank line, then "-Y <h> +X <w>".
+
+    Read exactly as OpenCV's RGBE reader does (the only layout it accepts).
+    """
+    lines = _lines(data)
+    next(lines, None)  # "#?RADIANCE" / "#?RGBE"
+    for line in lines:
+        if line in (b"", b"\n"):
+            return None
+        if line == b"FORMAT=32-bit_rle_rgbe\n":
+            break
+    else:
+        return None
+    if next(lines, None) != b"\n":
+        return None
+    match = re.match(rb"-Y\s*([-+]?\d+)\s*\+X\s*([-+]?\d+)", next(lines, b""))
+    if match is None:
+        return None
+    return int(match.group(2)), int(match.group(1))
+
+
+def _pfm_size(data: bytes, source: str) -> tuple[int, int] | None:
+    """PFM: "PF"/"Pf", width, height, scale, each followed by one whitespace byte.
+
+    Only that strict layout is read (OpenCV's reader writes and expects it), so
+    no other tokenisation can see a different size.
+    """
+    match = re.match(rb"P[Ff]\s(\d{1,12})\s(\d{1,12})\s[-+]?[0-9.eE+-]{1,40}\s", data[:128])
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def _pam_size(data: bytes, source: str) -> tuple[int, int] | None:
+    """PAM (P7): "KEY value" lines up to ENDHDR; comments allowed; WIDTH and HEIGHT once each."""
+    fields: dict[bytes, bytes] = {}
+    for line in data[3:MAX_TEXT_HEADER].split(b"\n"):
+        if line.startswith(b"#") or not line:
+            continue
+        if line == b"ENDHDR":
+            try:
+                return int(fields[b"WIDTH"]), int(fields[b"HEIGHT"])
+            except (KeyError, ValueError):
+                return None
+        key, _, value = line.partition(b" ")
+        if not key.isalpha() or (key in (b"WIDTH", b"HEIGHT") and key in fields):
+            return None
+        fields[key] = value.strip()
+    return None
 
 
 def decode(data: bytes, source: str = "<bytes>") -> np.ndarray:
     """Decode encoded image bytes into 8-bit RGB HWC.
 
-    Grayscale, RGBA/BGRA and 16-bit inputs are converted; anything OpenCV
-    cannot decode (text, zero bytes, truncated files) raises :class:`ImageError`.
+    The size is read from the header first, for every format OpenCV decodes,
+    and anything over :data:`MAX_PIXELS` is refused before a pixel exists.
+    Grayscale, RGBA/BGRA, 16-bit and float (HDR/PFM) inputs are converted;
+    anything OpenCV cannot decode (text, zero bytes, truncated files) raises
+    :class:`ImageError`.
     """
     if len(data) == 0:
         raise ImageError(f"{source}: empty file (0 bytes)")
-    w, h = _header_size(data, source)
+    if len(data) > MAX_FILE_BYTES:
+        raise ImageError(f"{source}: {len(data):,} bytes, over the {MAX_FILE_BYTES:,} byte limit for an image")
+    fmt = image_format(data)
+    if fmt is None:
+        raise ImageError(f"{source}: not a decodable image")
+    w, h = _header_size(data, fmt, source)
     if w * h > MAX_PIXELS:
         raise ImageError(f"{source}: image header says {w}x{h}, over the {MAX_PIXELS:,} pixel limit")
+    if w <= 0 or h <= 0:
+        raise ImageError(f"{source}: image header says {w}x{h}: no pixels")
     if _truncated_jpeg(data):
         raise ImageError(f"{source}: truncated JPEG (no end-of-image marker)")
     buf = np.frombuffer(data, dtype=np.uint8)
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    try:
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:  # OpenCV asserts on some malformed files instead of returning None
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "error"
+        raise ImageError(f"{source}: not a decodable image (OpenCV: {first})") from None
     if img is None or img.size == 0:
         raise ImageError(f"{source}: not a decodable image")
     if img.dtype == np.uint16:
         img = (img >> 8).astype(np.uint8)
     elif img.dtype != np.uint8:
+        if not np.isfinite(img).all():  # HDR/PFM floats: NaN would become arbitrary bytes
+            raise ImageError(f"{source}: pixels that are not finite numbers (NaN or infinity)")
         img = cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
     if img.ndim == 2:
         return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
@@ -115,22 +302,82 @@ def preprocess(rgb: np.ndarray, size: int = DEFAULT_SIZE, source: str = "<array>
     return cv2.resize(crop, (size, size), interpolation=interp)
 
 
-def read_file(path: str | os.PathLike) -> bytes:
-    """A file's bytes; a missing file or a folder is an :class:`ImageError` naming it."""
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def check_file(path: str | os.PathLike) -> os.stat_result:
+    """Stat an image path; :class:`ImageError` says what it is when it is not a readable regular file.
+
+    A directory, FIFO, device or symlink loop is named as such (not "no such
+    file"), and a file over :data:`MAX_FILE_BYTES` is refused before it is read.
+    """
     path = Path(path)
     try:
-        return path.read_bytes()
+        st = path.stat()
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise ImageError(f"{path}: broken symlink (to {os.readlink(path)})") from None
+        raise ImageError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ImageError(f"{path}: {_os_reason(exc)}") from None
+    _check_stat(path, st)
+    return st
+
+
+def _os_reason(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "symlink loop (too many levels of symbolic links)"
+    if exc.errno == errno.ENOTDIR:
+        return "no such file (a parent is not a folder)"
+    return f"cannot read ({exc.strerror or exc})"
+
+
+def _check_stat(path: Path, st: os.stat_result) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        what = next((what for test, what in _FILE_KINDS if test(st.st_mode)), "a special file")
+        raise ImageError(f"{path}: is {what}, not an image")
+    if st.st_size > MAX_FILE_BYTES:
+        raise ImageError(f"{path}: {st.st_size:,} bytes, over the {MAX_FILE_BYTES:,} byte limit for an image")
+
+
+def read_file(path: str | os.PathLike) -> bytes:
+    """A file's bytes; anything but a regular file up to :data:`MAX_FILE_BYTES` is an :class:`ImageError` naming it.
+
+    Opened without blocking (a FIFO would otherwise wait for a writer forever)
+    and checked on the open descriptor, so what is read is what was checked;
+    at most the limit plus one byte is ever read.
+    """
+    path = Path(path)
+    check_file(path)  # the clear message for the common cases
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ImageError(f"{path}: is a directory, not an image") from None
     except OSError as exc:
-        raise ImageError(f"{path}: cannot read ({exc.strerror})") from None
+        raise ImageError(f"{path}: {_os_reason(exc)}") from None
+    try:
+        _check_stat(path, os.fstat(fd))  # it may have been swapped since check_file
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ImageError(f"{path}: {_os_reason(exc)}") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_FILE_BYTES:
+        raise ImageError(f"{path}: over the {MAX_FILE_BYTES:,} byte limit for an image")
+    return data
 
 
 def load_image(path: str | os.PathLike, size: int = DEFAULT_SIZE, crop_fraction: float = 1.0) -> np.ndarray:
     """Read, decode and centre-crop one file: uint8 RGB (size, size, 3) (the ``align: none`` contract)."""
     return preprocess(decode(read_file(path), str(path)), size, str(path), crop_fraction)
+
+
+def is_blank(rgb: np.ndarray) -> bool:
+    """Every channel within :data:`BLANK_LEVELS` of one value: an image of one colour."""
+    flat = rgb.reshape(-1, rgb.shape[-1])
+    return bool((flat.max(axis=0).astype(np.int16) - flat.min(axis=0)).max() <= BLANK_LEVELS)
 
 
 class NoFaceError(ImageError):
@@ -169,17 +416,21 @@ class Preprocessor:
     ``align: face``: detect, keep the main face (:func:`main_face`; a
     warning names the count when there are several), warp it onto the
     template; no face is a :class:`NoFaceError`, a face smaller than
-    ``min_face`` a warning. ``align: none``: centre crop. Safe to share
+    ``min_face`` a warning. ``align: none``: centre crop; with
+    ``refuse_blank`` (the runtime's choice: training keeps its data as
+    labelled) a crop of one colour is an :class:`ImageError` ("blank
+    image"), as it carries no face to verify. Safe to share
     between decode threads: each thread opens its own single-threaded
     detector on first use (a backend serves one thread at a time), so the
     decode threads detect in parallel.
     """
 
-    def __init__(self, config=None, size: int | None = None, detector=None):
+    def __init__(self, config=None, size: int | None = None, detector=None, refuse_blank: bool = False):
         from engine.contract import ModelConfig
 
         self.config = config if config is not None else ModelConfig(input_size=size or DEFAULT_SIZE)
         self.size = int(size or self.config.input_size)
+        self.refuse_blank = refuse_blank
         self._given = detector
         self._local = threading.local()
         self._opened: list = []
@@ -201,7 +452,10 @@ class Preprocessor:
     def prepare(self, rgb: np.ndarray, source: str = "<array>") -> Prepared:
         cfg = self.config
         if cfg.align == "none":
-            return Prepared(preprocess(rgb, self.size, source, cfg.crop_fraction))
+            crop = preprocess(rgb, self.size, source, cfg.crop_fraction)
+            if self.refuse_blank and is_blank(crop):
+                raise ImageError(f"{source}: blank image (one colour throughout): no face to verify")
+            return Prepared(crop)
         from engine.align import align_face
 
         _check_rgb(rgb, source)
@@ -221,9 +475,11 @@ class Preprocessor:
         crop = align_face(rgb, face.keypoints, self.size, cfg.template, cfg.margin)
         return Prepared(crop, face, len(faces), warnings)
 
-    def load(self, path: str | os.PathLike) -> Prepared:
-        """Read, decode and prepare one file."""
-        return self.prepare(decode(read_file(path), str(path)), str(path))
+    def load(self, path: str | os.PathLike, data: bytes | None = None) -> Prepared:
+        """Read (unless its bytes are given as ``data``), decode and prepare one file."""
+        if data is None:
+            data = read_file(path)
+        return self.prepare(decode(data, str(path)), str(path))
 
     def close(self) -> None:
         """Close the detectors this preprocessor opened (a given one belongs to the caller)."""

@@ -1,22 +1,27 @@
 """Kryptonite submission files: write them, read them, score them against labels.
 
 A submission is a CSV ``pair_id,similarity`` with one row per pair, ordered by
-pair id, ids zero-padded to 8 digits (the organisers' scorer reads rows in file
-order). The scorer here does not trust row order: it joins the submission with
-a label CSV ``pair_id,label[,type,attack]`` on the pair id and reports ids that
-are missing, extra or duplicated.
+pair id, ids zero-padded to 8 digits. Order matters: the organisers' scorer
+(``eer.py``) pairs the k-th submission row with the k-th ground-truth row by
+position, so :func:`write_submission` sorts by pair id, as their label file is.
+The scorer here does not trust row order: it joins the submission with a label
+CSV ``pair_id,label[,type,attack]`` on the pair id, reports ids that are
+missing, extra or duplicated, and warns when the rows are not in the labels'
+order (the organisers would score such a file wrongly).
 """
 from __future__ import annotations
 
 import csv
 import math
 import os
+import stat
 import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from engine.contract import current_umask
 from engine.datasets import DataError
 
 ID_WIDTH = 8
@@ -34,11 +39,16 @@ def normalise_pair_id(raw) -> str:
             raise ValueError(f"pair id must not be negative, got {raw}")
         return str(int(raw)).zfill(ID_WIDTH)
     text = str(raw).strip()
-    return text.zfill(ID_WIDTH) if text.isdigit() else text
+    return text.zfill(ID_WIDTH) if _is_id(text) else text
+
+
+def _is_id(text: str) -> bool:
+    # ASCII only: str.isdigit() (and int()) also take Arabic-Indic and other digits.
+    return text.isascii() and text.isdigit()
 
 
 def _sort_key(pair_id: str):
-    return (0, int(pair_id), "") if pair_id.isdigit() else (1, 0, pair_id)
+    return (0, int(pair_id), "") if _is_id(pair_id) and len(pair_id) <= 18 else (1, 0, pair_id)
 
 
 def write_submission(path, pair_ids, scores) -> Path:
@@ -55,9 +65,9 @@ def write_submission(path, pair_ids, scores) -> Path:
         raise ValueError(f"{len(ids)} pair ids but scores of shape {scores.shape}")
     if not ids:
         raise ValueError("no pairs to write")
-    bad = [i for i in ids if not i.isdigit()]
+    bad = [i for i in ids if not (_is_id(i) and len(i) <= 18)]
     if bad:
-        raise ValueError(f"pair ids must be non-negative integers, got {bad[0]!r}")
+        raise ValueError(f"pair ids must be non-negative integers of ASCII digits (at most 18), got {bad[0][:40]!r}")
     try:
         values = scores.astype(np.float64)
     except (TypeError, ValueError):
@@ -79,10 +89,20 @@ def write_submission(path, pair_ids, scores) -> Path:
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file in the same folder, then ``os.replace``.
+
+    The file keeps the mode of the one it replaces, and a new file gets the
+    umask's default (as ``open`` would give it), not ``mkstemp``'s private 0600.
+    """
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", newline="") as f:
             f.write(text)
+        try:
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+        except FileNotFoundError:
+            mode = 0o666 & ~current_umask()
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -175,6 +195,19 @@ def _warn(message: str, ids: list[str]) -> None:
     warnings.warn(f"{message}: {shown}", SubmissionWarning, stacklevel=3)
 
 
+def _warn_row_order(submission_csv, labels_csv, sub_ids: list[str], label_ids: list[str]) -> None:
+    """Warn where row k of the submission is not row k of the labels: the organisers pair rows by position."""
+    if sub_ids == label_ids:
+        return
+    k = next((k for k, (a, b) in enumerate(zip(sub_ids, label_ids)) if a != b), min(len(sub_ids), len(label_ids)))
+    got = sub_ids[k] if k < len(sub_ids) else "end of file"
+    want = label_ids[k] if k < len(label_ids) else "end of file"
+    warnings.warn(f"{submission_csv}: rows are not in the order of {labels_csv} (row {k + 1}: {got}, labels: {want}); "
+                  f"scored here by pair id, but the organisers' scorer pairs rows by position and would score "
+                  f"this file wrongly: write it sorted by pair id (engine.verify --out does)",
+                  SubmissionWarning, stacklevel=3)
+
+
 def score_submission(submission_csv, labels_csv, out_dir=None, *, method: str = "interpolated",
                      bootstrap: int = 1000, seed: int = 0, threshold: float | None = None) -> dict:
     """Score a submission against labels, joined on pair id; optionally write a report folder.
@@ -183,7 +216,9 @@ def score_submission(submission_csv, labels_csv, out_dir=None, *, method: str = 
     id there is an error). Missing ids (labelled but not submitted), extra ids
     (submitted but not labelled) and duplicate submission rows are warned about
     (:class:`SubmissionWarning`) and returned under ``result["join"]``; the
-    metrics cover the ids present in both. Returns the :func:`engine.metrics.evaluate`
+    metrics cover the ids present in both. A submission whose rows are not in
+    the labels' order is warned about too: the organisers' scorer pairs rows
+    by position. Returns the :func:`engine.metrics.evaluate`
     dict plus ``join``, ``submission`` and ``labels`` (paths).
     """
     from engine.metrics import evaluate
@@ -198,6 +233,7 @@ def score_submission(submission_csv, labels_csv, out_dir=None, *, method: str = 
         _warn(f"{submission_csv}: {len(missing)} labelled pair id(s) missing, scored without them", missing)
     if extra:
         _warn(f"{submission_csv}: {len(extra)} pair id(s) not in {labels_csv}, ignored", extra)
+    _warn_row_order(submission_csv, labels_csv, list(scores_by_id), list(labels_by_id))
     common = sorted((i for i in labels_by_id if i in scores_by_id), key=_sort_key)
     if not common:
         raise DataError(f"{submission_csv}: no pair id in common with {labels_csv}")

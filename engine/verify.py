@@ -3,9 +3,10 @@
 Three ways to call it (one per run):
 
 * ``IMG_A IMG_B``: similarity and decision for two images. Exit code 0 =
-  same person, 1 = not the same person, 2 = error. ``--json`` prints one JSON
+  same person, 1 = not the same person, 2 = any error (130 = interrupted):
+  1 never means anything but the decision. ``--json`` prints one JSON
   object (``similarity``, ``match``, ``threshold``, ``backend``, ``precision``,
-  ``model`` ...).
+  ``model`` ...), or ``{"error": ...}``; never NaN or Infinity.
 * ``--pairs DIR`` (Kryptonite ``test_public`` layout, ``DIR/images/<pair_id>/0.jpg,1.jpg``):
   ``--out FILE`` writes the submission CSV ``pair_id,similarity`` (sorted,
   one row per pair, written atomically); with ``--labels CSV`` (or
@@ -17,13 +18,17 @@ DIR`` writes metrics.json/.md and ROC/DET/score plots. Images that cannot be
 read are reported with the reason and their pairs are left out of the
 evaluation; in a submission they get similarity -1 (the "not the same person"
 end of the scale), so the file stays complete. ``--strict`` stops at the
-first such image instead.
+first such image instead. Oversized images (by their header), blank (one
+colour) images under ``--align none`` and faceless ones under ``--align face``
+are such images. ``--out``, ``--report``, ``--cache`` and ``--batch-size`` are
+checked before the first image is read.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -31,11 +36,19 @@ from pathlib import Path
 import numpy as np
 
 EXIT_MATCH, EXIT_NO_MATCH, EXIT_ERROR = 0, 1, 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 FAILED_PAIR_SCORE = -1.0
+# CPU backends run a batch as one call: past this, buffers and activations take
+# gigabytes with no gain in throughput (which saturates near batch 32-64 here).
+MAX_CPU_BATCH = 1024
 
 
 class UsageError(ValueError):
     """Flags that do not make sense together."""
+
+
+class VerificationError(ValueError):
+    """A job that cannot give a trustworthy result (unusable image, non-finite score); the message names the input."""
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -75,25 +88,81 @@ def verify(image_a=None, image_b=None, *, pairs=None, out=None, labels=None, lfw
            device: str | None = None, threshold: float | None = None, batch_size: int | None = None,
            workers: int | None = None, strict: bool = False, cache=None, bootstrap: int = 1000,
            progress: bool = True, align: str | None = None) -> int:
-    """Run one verification job (see the module docstring); returns the process exit code."""
+    """Run one verification job (see the module docstring); returns the process exit code.
+
+    Every failure, expected or not, ends here as exit 2 (130 for Ctrl-C) with
+    one line naming the input and the problem (and ``{"error": ...}`` with
+    ``--json``): in two-image mode exit 1 must only ever mean "not the same person".
+    """
+    inputs = f"{image_a}, {image_b}" if image_b is not None else str(pairs or lfw_pairs or lfw or image_a)
+    try:
+        return _run(image_a, image_b, pairs=pairs, out=out, labels=labels, lfw=lfw, lfw_pairs=lfw_pairs,
+                    lfw_folds=lfw_folds, report=report, json_output=json_output, model=model, backend=backend,
+                    precision=precision, device=device, threshold=threshold, batch_size=batch_size,
+                    workers=workers, strict=strict, cache=cache, bootstrap=bootstrap, progress=progress,
+                    align=align)
+    except KeyboardInterrupt:
+        return _fail("interrupted", json_output, EXIT_INTERRUPTED)
+    except MemoryError as exc:
+        return _fail(f"{inputs}: out of memory{f' ({exc})' if str(exc) else ''}; try a smaller --batch-size",
+                     json_output)
+    except Exception as exc:  # expected or a bug: one line either way, and never exit 1
+        return _fail(_describe_error(exc, inputs), json_output)
+
+
+def _describe_error(exc: Exception, inputs: str) -> str:
+    """The project's own errors (ContractError, ImageError, BackendError, ...) already name their input;
+    an OSError names its file; anything else gets the job's input and its type."""
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    if type(exc).__module__.split(".")[0] in ("engine", "convert", "training") and str(exc):
+        return str(exc)
+    return f"{inputs}: {type(exc).__name__}: {exc}" if str(exc) else f"{inputs}: {type(exc).__name__}"
+
+
+def _fail(message: str, json_output: bool, code: int | None = None) -> int:
+    message = " ".join(str(message).split())  # one line, whatever the exception held
+    _err(f"error: {message}")
+    if json_output:
+        print(json.dumps({"error": message}))
+    return EXIT_ERROR if code is None else code
+
+
+def _run(image_a, image_b, *, pairs, out, labels, lfw, lfw_pairs, lfw_folds, report, json_output, model, backend,
+         precision, device, threshold, batch_size, workers, strict, cache, bootstrap, progress, align) -> int:
     from engine.backends import open_backend
     from engine.embedder import Embedder
+    from engine.preprocess import check_file
 
+    mode = _check_usage(image_a, image_b, pairs, out, labels, lfw, lfw_pairs, report)
+    if threshold is not None and not math.isfinite(threshold):
+        raise UsageError(f"--threshold must be a finite number, got {threshold}")
+    for flag, value in (("--batch-size", batch_size), ("--workers", workers)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be >= 1, got {value}")
+    if bootstrap < 0:
+        raise UsageError(f"--bootstrap must be >= 0, got {bootstrap}")
+    if lfw_folds is not None and mode != "lfw":
+        raise UsageError("--lfw-folds goes with --lfw")
+    if align not in (None, "face", "none"):
+        raise UsageError(f"--align must be face or none, got {align!r}")
+    # Where results go is checked before any image is read: a long run must not fail at its end.
+    if out is not None:
+        check_output_file(out, "--out")
+    if report is not None:
+        check_output_folder(report, "--report")
+    if cache is not None:
+        check_output_folder(cache, "--cache")
+    job = _load_pairs(mode, pairs, labels, lfw, lfw_pairs, lfw_folds) if mode != "images" else None
+    for p in (image_a, image_b) if mode == "images" else ():
+        check_file(p)  # says what it is: no such file, a directory, a FIFO, a symlink loop, too large
+    if batch_size is not None:
+        check_batch_size(batch_size, model, backend, precision)
+    be = open_backend(model, backend=backend, precision=precision, device=device, max_batch=batch_size)
     try:
-        mode = _check_usage(image_a, image_b, pairs, out, labels, lfw, lfw_pairs, report)
-        if threshold is not None and not math.isfinite(threshold):
-            raise UsageError(f"--threshold must be a finite number, got {threshold}")
-        if bootstrap < 0:
-            raise UsageError(f"--bootstrap must be >= 0, got {bootstrap}")
-        if lfw_folds is not None and mode != "lfw":
-            raise UsageError("--lfw-folds goes with --lfw")
-        job = _load_pairs(mode, pairs, labels, lfw, lfw_pairs, lfw_folds) if mode != "images" else None
-        for p in (image_a, image_b) if mode == "images" else ():
-            if not Path(p).is_file():
-                raise FileNotFoundError(f"{p}: no such file")
-        if align not in (None, "face", "none"):
-            raise UsageError(f"--align must be face or none, got {align!r}")
-        be = open_backend(model, backend=backend, precision=precision, device=device, max_batch=batch_size)
+        if batch_size is not None and batch_size > be.max_batch:  # a backend that caps what it was asked for
+            raise UsageError(f"--batch-size {batch_size} is more than the {be.name} backend takes "
+                             f"({be.max_batch}, {be.source.path})")
         if align is not None and align != be.config.align:
             import dataclasses
 
@@ -102,23 +171,77 @@ def verify(image_a=None, image_b=None, *, pairs=None, out=None, labels=None, lfw
         _err(f"backend {be.choice.backend} ({be.choice.precision}, {be.device}): {be.choice.reason}; "
              f"model {be.source.path}")
         thr = threshold if threshold is not None else be.config.threshold
+        embedder = Embedder(be, workers=workers, strict=strict, cache_dir=cache, batch_size=batch_size,
+                            progress=progress)
+    except BaseException:
+        be.close()
+        raise
+    with embedder:  # owns the backend from here on
+        if mode == "images":
+            return _two_images(embedder, image_a, image_b, thr, json_output)
+        return _pair_job(embedder, job, mode, out, report, thr, json_output, bootstrap)
+
+
+def _writable_folder(folder: Path) -> bool:
+    """May this process create files in ``folder``? (os.access: also right for root and read-only mounts)."""
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
+def check_output_file(path, flag: str) -> None:
+    """Refuse, before any work, an output file that could not be written at the end (UsageError naming ``flag``)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{flag} {path}: is a folder, expected a file name")
+    if path.exists() and not path.is_file():
+        raise UsageError(f"{flag} {path}: exists and is not a regular file")
+    parent = path.parent
+    if not parent.is_dir():
+        raise UsageError(f"{flag} {path}: folder {parent} does not exist")
+    if not _writable_folder(parent):
+        raise UsageError(f"{flag} {path}: folder {parent} is not writable")
+
+
+def check_output_folder(path, flag: str) -> None:
+    """Refuse, before any work, an output folder that is a file, a device or read-only (it may not exist yet)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        kind = "a file" if path.is_file() else "not a folder (a device or other special file)"
+        raise UsageError(f"{flag} {path}: is {kind}, expected a folder")
+    existing = path
+    while not existing.exists():  # the folder is made when results are written: its nearest existing parent
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{flag} {path}: {existing} is not a folder")
+    if not _writable_folder(existing):
+        raise UsageError(f"{flag} {path}: {existing} is not writable")
+
+
+def check_batch_size(batch_size: int, model, backend: str, precision: str | None) -> None:
+    """Refuse a batch size the chosen backend cannot run, before it allocates buffers for it.
+
+    TensorRT: the plan's optimisation-profile maximum (from its sidecar). CPU
+    backends take any size, but their batch buffers and activations grow with
+    it while throughput stops growing near 32-64: :data:`MAX_CPU_BATCH` bounds it.
+    """
+    from engine.backends import choose, resolve_model
+
+    src = resolve_model(model)
+    choice = choose(src, backend, precision)
+    if choice.backend == "tensorrt":
+        from engine.backends.tensorrt_backend import read_sidecar
+
+        plan = src.plans[choice.precision]
         try:
-            embedder = Embedder(be, workers=workers, strict=strict, cache_dir=cache, batch_size=batch_size,
-                                progress=progress)
-        except BaseException:
-            be.close()
-            raise
-        with embedder:  # owns the backend from here on
-            if mode == "images":
-                return _two_images(embedder, image_a, image_b, thr, json_output)
-            return _pair_job(embedder, job, mode, out, report, thr, json_output, bootstrap)
-    except (ValueError, OSError, RuntimeError) as exc:
-        # ContractError, DataError, ImageError, UsageError are ValueErrors; BackendError, CudaError RuntimeErrors.
-        message = str(exc) if not isinstance(exc, OSError) or not exc.filename else f"{exc.filename}: {exc.strerror}"
-        _err(f"error: {message}")
-        if json_output:
-            print(json.dumps({"error": message}))
-        return EXIT_ERROR
+            limit = int(read_sidecar(plan)["profile"]["max"][0])
+        except (KeyError, IndexError, TypeError, ValueError):
+            return  # no profile in the sidecar: the backend checks the plan itself when it opens
+        where = f"the profile maximum of {plan}"
+    else:
+        limit, where = MAX_CPU_BATCH, f"the limit for the {choice.backend} backend"
+    if batch_size > limit:
+        raise UsageError(f"--batch-size {batch_size} is over {where} ({limit})")
 
 
 def _describe(be) -> dict:
@@ -128,10 +251,13 @@ def _describe(be) -> dict:
 def _two_images(embedder, image_a, image_b, thr, json_output) -> int:
     res = embedder.embed_paths([image_a, image_b], desc="images")
     if res.failures:
-        raise ValueError("; ".join(str(f) for f in res.failures))
+        raise VerificationError("; ".join(str(f) for f in res.failures))
     for warning in res.warnings:
         _err(f"warning: {warning}")
     sim = float(cosine(res.embeddings[:1], res.embeddings[1:])[0])
+    if not math.isfinite(sim):  # a zero or non-finite embedding: no decision can be read from it
+        raise VerificationError(f"{image_a}, {image_b}: similarity is {sim}: the model returned a zero or non-finite "
+                         f"embedding")
     match = None if thr is None else bool(sim >= thr)
     info = {"similarity": sim, "match": match, "threshold": thr, **_describe(embedder.backend),
             "image_a": str(image_a), "image_b": str(image_b)}
@@ -139,8 +265,9 @@ def _two_images(embedder, image_a, image_b, thr, json_output) -> int:
         info["detection"] = {"image_a": res.faces.get(Path(image_a)), "image_b": res.faces.get(Path(image_b))}
     if res.warnings:
         info["warnings"] = res.warnings
+    no_threshold = "no decision threshold: the model's model.json has none; pass --threshold"
     if json_output:
-        print(json.dumps(info))
+        print(json.dumps({"error": no_threshold, **info} if thr is None else info, allow_nan=False))
     else:
         print(f"similarity: {sim:.4f}")
         if thr is None:
@@ -149,7 +276,7 @@ def _two_images(embedder, image_a, image_b, thr, json_output) -> int:
             verdict = "same person" if match else "different people (or a fake)"
             print(f"decision:   {verdict} (threshold {thr:.4f})")
     if thr is None:
-        _err("error: no decision threshold: the model's model.json has none; pass --threshold")
+        _err(f"error: {no_threshold}")
         return EXIT_ERROR
     return EXIT_MATCH if match else EXIT_NO_MATCH
 
@@ -176,7 +303,7 @@ def _load_pairs(mode, pairs, labels, lfw, lfw_pairs, lfw_folds=None):
             keep = parse_folds(lfw_folds)
             job = [p for p in job if p.fold in keep]
     if not job:
-        raise ValueError(f"{pairs or lfw_pairs}: no pairs found")
+        raise VerificationError(f"{pairs or lfw_pairs}: no pairs found")
     return job
 
 
@@ -189,6 +316,12 @@ def _pair_job(embedder, job, mode, out, report, thr, json_output, bootstrap) -> 
     scores = np.full(len(job), FAILED_PAIR_SCORE)
     if scored.any():
         scores[scored] = cosine(emb_a[scored], emb_b[scored])
+    nonfinite = np.flatnonzero(~np.isfinite(scores))
+    if nonfinite.size:  # never a NaN in a submission, an evaluation or the JSON
+        pair = job[int(nonfinite[0])]
+        raise VerificationError(f"pair {pair.pair_id} ({pair.path_a}, {pair.path_b}): similarity is "
+                         f"{scores[nonfinite[0]]}: the model returned a zero or non-finite embedding "
+                         f"({nonfinite.size} such pair(s))")
     seconds = time.perf_counter() - start
     for failure in res.failures:
         _err(f"skipped image {failure}")
@@ -212,10 +345,10 @@ def _pair_job(embedder, job, mode, out, report, thr, json_output, bootstrap) -> 
         summary["submission"] = str(out)
     if job[0].label is not None:
         if not scored.any():
-            raise ValueError("no pair could be scored: every pair has an unusable image")
+            raise VerificationError("no pair could be scored: every pair has an unusable image")
         summary["metrics"] = _evaluate(job, scores, scored, mode, report, thr, bootstrap, summary, json_output)
     if json_output:
-        print(json.dumps(summary))
+        print(json.dumps(summary, allow_nan=False))
     else:
         print(f"{summary['pairs']} pairs ({summary['pairs_scored']} scored), {summary['images']} images "
               f"({res.n_cached} from cache) in {seconds:.2f} s: {summary['pairs_per_s']} pairs/s, "
@@ -259,12 +392,12 @@ def _evaluate(job, scores, scored, mode, report, thr, bootstrap, summary, json_o
 def build_parser() -> argparse.ArgumentParser:
     from engine.backends import BACKENDS, PRECISIONS
 
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m engine.verify",
         description="Face verification with a deepfake-aware model: compare two images, write a Kryptonite "
                     "submission for a pairs folder, or evaluate on labelled pairs / LFW.",
         epilog="Exit codes: two images: 0 same person, 1 not the same person, 2 error; other modes: 0 done, "
-               "2 error.")
+               "2 error; 130 interrupted.")
     p.add_argument("image_a", nargs="?", metavar="IMG_A", help="first image of a pair to compare")
     p.add_argument("image_b", nargs="?", metavar="IMG_B", help="second image of a pair to compare")
     p.add_argument("--pairs", metavar="DIR", help="pairs folder in the Kryptonite test_public layout: "
@@ -296,7 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, help="decision threshold on cosine similarity (default: the one "
                    "calibrated in the model's model.json)")
     p.add_argument("--batch-size", type=int, help="images per backend call (default: the backend's maximum; "
-                   "32 on CPU, the plan's profile maximum on TensorRT)")
+                   f"32 on CPU, the plan's profile maximum on TensorRT; at most {MAX_CPU_BATCH} on CPU, the profile "
+                   "maximum on TensorRT)")
     p.add_argument("--workers", type=int, help="image decoding threads (default: up to 4, one per core)")
     p.add_argument("--strict", action="store_true", help="stop at the first unusable image instead of "
                    "reporting it and scoring the rest")
@@ -308,13 +442,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Parser(argparse.ArgumentParser):
+    """Argument errors as :class:`UsageError`, so they take the one error path (and ``--json``)."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see --help)")
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    for flag in ("batch_size", "workers"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            _err(f"error: --{flag.replace('_', '-')} must be >= 1, got {value}")
-            return EXIT_ERROR
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:
+        return _fail(str(exc), "--json" in argv)
     import logging
 
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")

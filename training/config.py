@@ -262,11 +262,21 @@ def config_from_dict(data: dict) -> TrainConfig:
 
 def validate(config: TrainConfig) -> None:
     """Raise :class:`ConfigError` on the first bad value; touches no files."""
+    import math
+
     from nets.model import available_models
 
     def need(ok: bool, message: str):
         if not ok:
             raise ConfigError(message)
+
+    # inf and nan parse as floats ("lr=inf") and slip through every range check below
+    # (nan compares false both ways), so they are refused first, for every float key.
+    for prefix, obj in (("", config), ("augment.", config.augment)):
+        for key, kind in _fields(type(obj)).items():
+            value = getattr(obj, key)
+            if kind is float:
+                need(math.isfinite(value), f"{prefix}{key}: must be a finite number, got {value}")
 
     for key, allowed in CHOICES.items():
         need(getattr(config, key) in allowed, f"{key}: must be one of {list(allowed)}, got {getattr(config, key)!r}")

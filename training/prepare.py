@@ -24,8 +24,9 @@ re-encoded as JPEG at the same quality, so compression is no shortcut for
 telling fakes apart. The source resolution is kept unless ``--size`` asks for
 a centre-crop/resize (the model's preprocessing does that later anyway).
 
-The output is built in a hidden sibling folder and renamed into place at the
-end; an interrupted or failed run leaves nothing that looks complete.
+The output is built in a hidden sibling folder (``.OUT.partial-<pid>``) and
+renamed into place at the end; an interrupted or failed run leaves nothing that
+looks complete, and the next run removes what a killed one left.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -46,12 +48,13 @@ from pathlib import Path
 import numpy as np
 
 from engine.datasets import (FAKE_OF_OTHER, FAKE_OF_SAME, GENUINE, IMPOSTOR, PAIR_TYPES, DataError,
-                             read_identity_folders, read_lfw_pairs)
+                             read_identity_folders, read_lfw_pairs, remove_orphans)
 from training.attacks import ATTACKS, FACE_SWAP, MORPH, SELF_BLEND
 
 DEFAULT_VAL_PAIRS = (2000, 2000, 1000, 300)
 DEFAULT_TEST_PAIRS = (3000, 3000, 1500, 500)
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
+MAX_SIZE = 4096  # --size: larger than any face crop needs; 100000 would ask for 30 GB per image
 
 
 class PrepareError(RuntimeError):
@@ -380,15 +383,20 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, seed: int = 0, fa
         raise PrepareError(f"excluded_to must be 'test' or 'drop', got {excluded_to!r}")
     if (exclude_lfw_pairs is None) != (exclude_fold is None):
         raise PrepareError("exclude_lfw_pairs and exclude_fold go together")
-    if size and size < 16:
-        raise PrepareError(f"size must be 0 (keep) or >= 16, got {size}")
+    if size and not 16 <= size <= MAX_SIZE:
+        raise PrepareError(f"size must be 0 (keep) or in 16..{MAX_SIZE}, got {size}")
     if align not in ("face", "none"):
         raise PrepareError(f"align must be 'face' or 'none', got {align!r}")
     if not 1 <= jpeg_quality <= 100:
         raise PrepareError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
+    out_abs, cwd = out.resolve(), Path.cwd().resolve()
+    if out_abs == cwd or out_abs in cwd.parents:
+        # --force would rename it away and delete it: the folder we stand in, or one above it.
+        raise PrepareError(f"{out}: is the current directory or one of its parents ({out_abs}); "
+                           f"choose a new folder for the output")
     if not source.is_dir():
         raise DataError(f"{source}: no such folder")
-    src_abs, out_abs = source.resolve(), out.resolve()
+    src_abs = source.resolve()
     if out_abs == src_abs or src_abs in out_abs.parents or out_abs in src_abs.parents:
         raise PrepareError(f"{out}: the output must not overlap the source {source}")
     if out.exists() and not out.is_dir():
@@ -466,6 +474,8 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, seed: int = 0, fa
                           "fake_pairs_by_attack": dict(sorted(Counter(r[3] for r in rows if r[3]).items()))}
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    # A killed earlier run's build folder (its pid no longer alive); a live run's is left alone.
+    remove_orphans(out.parent, re.compile(re.escape(f".{out.name}.partial-") + r"(?P<pid>[0-9]+)"))
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -552,9 +562,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m training.prepare",
         description="Build a deepfake-aware face dataset (Kryptonite layout) from real identity folders "
-                    "(e.g. LFW): train/ with real + synthesised fakes, identity-disjoint val/ and test/ pair sets.")
+                    "(e.g. LFW): train/ with real + synthesised fakes, identity-disjoint val/ and test/ pair sets.",
+        epilog="Exit status: 0 done; 1 bad source data (file named); 2 arguments refused before any work "
+               "(e.g. --out overlapping the source, the current directory or a parent of it, --size out of range). "
+               "The output is built in the hidden sibling .OUT.partial-<pid>; such folders left by a killed run "
+               "(whose process is gone) are removed by the next run.")
     parser.add_argument("--source", required=True, help="folder of <identity>/<image> folders (e.g. lfw-deepfunneled)")
-    parser.add_argument("--out", required=True, help="output folder (built in a temporary sibling, renamed at the end)")
+    parser.add_argument("--out", required=True,
+                        help="output folder (built in a temporary sibling, renamed at the end); never the source, "
+                             "the current directory or a folder above either")
     parser.add_argument("--seed", type=int, default=0,
                         help="random seed; the same seed gives identical output (default 0)")
     parser.add_argument("--fakes-per-identity", type=int, default=5,
@@ -578,8 +594,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--excluded-to", choices=("test", "drop"), default="test",
                         help="where excluded identities go: into test (default) or nowhere")
     parser.add_argument("--size", type=int, default=0,
-                        help="centre-crop/resize every image to SIZE px with engine.preprocess (default 0: keep "
-                             "the source resolution, e.g. 250x250 for LFW)")
+                        help="centre-crop/resize every image to SIZE px with engine.preprocess, 16..4096 (default "
+                             "0: keep the source resolution, e.g. 250x250 for LFW)")
     parser.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality of every written image (default 95)")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="threads decoding, synthesising and encoding (default: min(4, CPUs))")
@@ -594,7 +610,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         summary = prepare(**vars(args))
-    except (DataError, PrepareError) as exc:
+    except PrepareError as exc:  # refused arguments or output folder, before any work
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

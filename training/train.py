@@ -110,15 +110,25 @@ def resolve_runtime(config: TrainConfig) -> Runtime:
 
 
 def check_inputs(config: TrainConfig, run_dir: Path, resume: bool) -> None:
-    """Fail on missing files before any data is read or model built."""
+    """Fail on missing files before any data is read or model built; then clear a killed run's temporaries."""
     data = Path(config.data_dir)
     train_meta = data / "train" / "meta.json"
     if not train_meta.is_file():
         raise TrainError(f"{train_meta}: no such file (data_dir must hold train/meta.json; "
                          f"make it with python -m training.prepare)")
     if config.validate and not (data / "val" / "pairs.csv").is_file():
+        hint = (f"; make labelled pairs from the organisers' val.csv with python -m engine.datasets "
+                f"kryptonite-val {data / 'val.csv'} --root {data} --out {data / 'val'}"
+                if (data / "val.csv").is_file() else "")
         raise TrainError(f"{data / 'val' / 'pairs.csv'}: no such file (set validate=false to train without "
-                         f"validation)")
+                         f"validation{hint})")
+    # The first existing folder on the way down to run_dir must be a folder, or mkdir fails mid-run.
+    for folder in (run_dir, *run_dir.parents):
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir():
+                raise TrainError(f"output_dir: {folder} exists and is not a folder"
+                                 + ("" if folder == run_dir else f" (needed for {run_dir})"))
+            break
     if config.teacher and not Path(config.teacher).is_file():
         raise TrainError(f"teacher: {config.teacher}: no such file")
     if config.init and not (Path(config.init).is_file() or (Path(config.init) / "model.safetensors").is_file()):
@@ -128,6 +138,8 @@ def check_inputs(config: TrainConfig, run_dir: Path, resume: bool) -> None:
     if not resume and (run_dir / LAST).is_file():
         raise TrainError(f"{run_dir} already holds a run ({LAST}); pass --resume to continue it or set "
                          f"output_dir/name to start a new one")
+    if int(os.environ.get("RANK", "0")) == 0:
+        remove_orphans(run_dir)
 
 
 def seed_everything(seed: int) -> None:
@@ -296,6 +308,62 @@ def atomic_torch_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+# What a run killed mid-write leaves in its run dir: the hidden temporaries of
+# atomic_torch_save, _atomic_text, save_model, save_config and ModelConfig.save.
+ORPHANS = tuple(f".{name}.tmp" for name in (LAST, "log.jsonl", "log.csv", "model.safetensors", "model.json",
+                                                  "config.yaml"))
+
+
+def remove_orphans(run_dir: Path) -> list[Path]:
+    """Remove a killed run's temporaries (exactly the names in ORPHANS) from ``run_dir``."""
+    import re
+
+    from engine.datasets import remove_orphans as remove_matching
+
+    return remove_matching(run_dir, re.compile("|".join(re.escape(name) for name in ORPHANS)))
+
+
+LAST_KEYS = ("model", "optimizer", "scaler", "sampler", "progress", "rng", "config")
+
+
+def load_last(path: Path) -> dict:
+    """``last.pt`` for ``--resume``, or a one-line TrainError naming the file.
+
+    Loaded with ``weights_only=True`` (tensors and plain data only, never
+    arbitrary objects). A truncated, damaged or foreign file, or one holding
+    other objects, is refused as it is; torch's own message would suggest
+    ``weights_only=False``, which would run whatever code the file holds.
+    """
+    import pickle
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": not for the user
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # the file is what is wrong, whatever torch/pickle raised
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        if isinstance(exc, pickle.UnpicklingError):
+            # Keep the reason ("Unsupported operand 193", "unsupported GLOBAL posix.system ..."),
+            # drop the advice to load it unsafely.
+            lines = [line for line in lines if not any(w in line.lower() for w in ("weights_only", "weights only",
+                                                                                "torch.load", "file an issue"))]
+            lines = lines or ["it holds objects other than tensors and plain data"]
+        empty = path.is_file() and path.stat().st_size == 0
+        detail = lines[0].split(". ")[0].rstrip(".")[:160] if lines else ("empty file" if empty else type(exc).__name__)
+        raise TrainError(f"{path}: not a loadable training checkpoint ({detail}); it is damaged or not from "
+                         f"training.train: delete it (or restore a good copy) and start again") from None
+    missing = [k for k in LAST_KEYS if not isinstance(saved, dict) or k not in saved]
+    if missing or not isinstance(saved["config"], dict):
+        raise TrainError(f"{path}: not a training checkpoint of training.train (missing or bad "
+                         f"{', '.join(missing) or 'config'}); delete it (or restore a good copy) and start again")
+    try:
+        config_from_dict(saved["config"])
+    except ConfigError as exc:
+        raise TrainError(f"{path}: its saved config is not valid ({exc})") from None
+    return saved
+
+
 def _atomic_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
@@ -344,7 +412,7 @@ def train(config: TrainConfig, resume: bool = False, stop_after_steps: int = 0, 
     check_inputs(config, run_dir, resume)
     saved = None
     if resume:
-        saved = torch.load(run_dir / LAST, map_location="cpu", weights_only=True)
+        saved = load_last(run_dir / LAST)
         config = _resumed_config(config, saved["config"], run_dir)
 
     rt = resolve_runtime(config)
@@ -690,7 +758,8 @@ def main(argv=None) -> int:
         prog="python -m training.train",
         description="Train a fake-aware face embedder. Config = defaults <- --config YAML <- key=value overrides "
                     "(nested keys with dots, e.g. augment.jpeg_p=0.5). Writes into output_dir (default "
-                    "runs/<config name>).",
+                    "runs/<config name>). Temporaries a killed run left there (.last.pt.tmp and the like) "
+                    "are removed when the next run starts.",
         epilog="config keys (defaults; meanings in training/config.py): " + _keys_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML config file (keys of training.config.TrainConfig)")

@@ -129,3 +129,26 @@ def test_cli_missing_data_fails_before_any_work(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "train/meta.json: no such file" in err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("override", ["lr=inf", "lr=nan", "lr=NaN", "margin=-inf", "weight_decay=nan",
+                                      "warmup_epochs=1e999", "augment.scale=nan", "augment.flip_p=inf",
+                                      "dropout=nan", "aux_scale=inf"])
+def test_non_finite_float_values_are_refused(override):
+    key, value = override.split("=")
+    with pytest.raises(ConfigError, match=rf"^{key}: must be a finite number, got (inf|-inf|nan)$"):
+        load_config(None, [override])
+
+
+def test_non_finite_values_in_yaml_are_refused(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("lr: .inf\n")  # YAML's own infinity
+    with pytest.raises(ConfigError, match="lr: must be a finite number, got inf"):
+        load_config(path)
+
+
+def test_cli_non_finite_lr_fails_before_any_work(tmp_path, capsys):
+    code = main(["lr=inf", f"output_dir={tmp_path / 'run'}"])
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines() == ["error: lr: must be a finite number, got inf"]
+    assert not (tmp_path / "run").exists()

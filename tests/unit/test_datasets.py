@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from conftest import synthetic_face, write_jpeg
-from engine.datasets import (FAKE_OF_SAME, GENUINE, IMPOSTOR, DataError, Pair, Sample, main, read_identity_folders,
-                             read_kryptonite_train, read_label_csv, read_lfw_pairs, read_pair_folder, read_split_csv,
+from engine.datasets import (FAKE_OF_OTHER, FAKE_OF_SAME, GENUINE, IMPOSTOR, DataError, Pair, Sample, identity_key,
+                             main, parse_pair_id, read_identity_folders, read_kryptonite_train, read_kryptonite_val,
+                             read_label_csv, read_lfw_pairs, read_pair_folder, read_split_csv, remove_orphans,
                              safe_join)
 
 
@@ -69,9 +71,10 @@ def test_kryptonite_meta_not_a_dict(tmp_path):
 
 
 @pytest.mark.parametrize("meta,message", [
-    ({"000000/0.jpg": 2}, "expected 0 or 1, got 2"),
+    ({"000000/0.jpg": 2}, "expected 0 or 1, or true/false, got 2"),
     ({"000000/0.jpg": "fake"}, "expected 0 or 1"),
-    ({"000000/0.jpg": True}, "expected 0 or 1, got True"),
+    ({"000000/0.jpg": "true"}, "expected 0 or 1, or true/false, got 'true'"),  # a string, not a JSON boolean
+    ({"000000/0.jpg": [1]}, r"expected 0 or 1, or true/false, got \[1\]"),
     ({"../000000/0.jpg": 0}, "escapes"),
     ({"/abs/0.jpg": 0}, "absolute"),
     ({}, "no images listed"),
@@ -113,7 +116,8 @@ def test_split_csv(tmp_path):
                         "7,images/a/0.jpg,train,0,1\n"
                         "8,images/b/0.jpg,train,True,False\n")
     samples = read_split_csv(csv_path, tmp_path)
-    assert samples == [Sample(tmp_path / "images/a/0.jpg", "7"), Sample(tmp_path / "images/b/0.jpg", "8")]
+    # Numeric labels are spelt like Kryptonite's identity folders (identity_key).
+    assert samples == [Sample(tmp_path / "images/a/0.jpg", "000007"), Sample(tmp_path / "images/b/0.jpg", "000008")]
 
 
 @pytest.mark.parametrize("body,message", [
@@ -305,3 +309,304 @@ def test_cli_counts_and_errors(tmp_path, capsys):
 def test_pair_record_defaults():
     pair = Pair("00000000", Path("a"), Path("b"))
     assert pair.label is None and pair.type == "" and pair.fold == -1
+
+
+# ------------------------------------------------- the organisers' real files, in their shapes
+
+def _organiser_data(root: Path, n_ids: int = 4, fake: str = "000002/2.jpg") -> Path:
+    """The Kryptonite download: train/meta.json (JSON booleans), train/images/<6 digits>/<k>.jpg,
+    train.csv with empty is_query/is_gallery, val.csv with 1 query + 2 gallery images per identity."""
+    meta = {}
+    for ident in range(n_ids):
+        for k in range(3):
+            rel = f"{ident:06d}/{k}.jpg"
+            _jpeg(root / "train" / "images" / rel, ident * 10 + k)
+            meta[rel] = rel == fake
+    (root / "train" / "meta.json").write_text(json.dumps(meta))
+    train_rows = [f"{ident},train/images/{ident:06d}/{k}.jpg,train,," for ident in range(n_ids) for k in range(3)]
+    (root / "train.csv").write_text("label,path,split,is_query,is_gallery\n" + "\n".join(train_rows) + "\n")
+    val_rows = [f"{ident},train/images/{ident:06d}/{k}.jpg,val,{k == 0},{k > 0}"
+                for ident in range(n_ids) for k in range(3)]
+    (root / "val.csv").write_text("label,path,split,is_query,is_gallery\n" + "\n".join(val_rows) + "\n")
+    return root
+
+
+def test_split_csv_reads_the_organisers_train_csv_with_empty_flags(tmp_path):
+    root = _organiser_data(tmp_path)
+    assert (root / "train.csv").read_text().splitlines()[1] == "0,train/images/000000/0.jpg,train,,"
+    samples = read_split_csv(root / "train.csv", root)
+    assert len(samples) == 12 and samples[0] == Sample(root / "train/images/000000/0.jpg", "000000")
+    assert main(["split-csv", str(root / "train.csv"), "--root", str(root)]) == 0
+    (root / "bad.csv").write_text("label,path,split,is_query,is_gallery\n0,train/images/000000/0.jpg,train, ,maybe\n")
+    with pytest.raises(DataError, match=r"bad\.csv:2: is_gallery must be 0/1, True/False or empty, got 'maybe'"):
+        read_split_csv(root / "bad.csv", root)
+
+
+def test_kryptonite_meta_json_booleans_read_as_0_1(tmp_path):
+    root = _kryptonite(tmp_path, {"000000/0.jpg": False, "000000/1.jpg": True, "000001/0.jpg": 0})
+    assert json.loads((root / "train" / "meta.json").read_text())["000000/1.jpg"] is True
+    assert [(s.path.name, s.is_fake) for s in read_kryptonite_train(root)] == [
+        ("0.jpg", False), ("1.jpg", True), ("0.jpg", False)]
+    marker = tmp_path / "marks.json"  # the generic reader's JSON marker takes booleans too
+    marker.write_text('{"000000/1.jpg": true}')
+    assert [s.is_fake for s in read_identity_folders(root / "train" / "images", marker)] == [False, True, False]
+
+
+def test_pair_folder_without_images_level_as_the_organisers_readme_draws(tmp_path):
+    flat = tmp_path / "test_public"
+    for i, pid in enumerate(["00000001", "00000000"]):
+        for k in (0, 1):
+            _jpeg(flat / pid / f"{k}.jpg", 2 * i + k)
+    pairs = read_pair_folder(flat)
+    assert [(p.pair_id, p.path_a, p.path_b, p.label) for p in pairs] == [
+        ("00000000", flat / "00000000/0.jpg", flat / "00000000/1.jpg", None),
+        ("00000001", flat / "00000001/0.jpg", flat / "00000001/1.jpg", None)]
+    (flat / "pairs.csv").write_text("pair_id,label\n0,1\n1,0\n")  # files beside the pair folders are fine
+    assert [(p.pair_id, p.label) for p in read_pair_folder(flat)] == [("00000000", 1), ("00000001", 0)]
+    assert main(["pair-folder", str(flat)]) == 0
+    _jpeg(flat / "images" / "00000002" / "0.jpg")
+    with pytest.raises(DataError, match="both in images/ and directly"):
+        read_pair_folder(flat)
+    (flat / "notes").mkdir(parents=True)
+    flat_only = tmp_path / "flat_only"
+    (flat_only / "00000000").mkdir(parents=True)
+    (flat_only / "notes").mkdir()
+    with pytest.raises(DataError, match=r"entry 'notes' is not an 8-digit pair folder"):
+        read_pair_folder(flat_only)
+
+
+def test_identity_keys_agree_between_the_train_and_csv_readers(tmp_path):
+    root = _organiser_data(tmp_path)
+    by_meta = {s.path: s.identity for s in read_kryptonite_train(root)}
+    by_csv = {s.path: s.identity for s in read_split_csv(root / "train.csv", root)}
+    assert by_meta == by_csv and sorted(set(by_csv.values())) == ["000000", "000001", "000002", "000003"]
+    assert identity_key("0") == identity_key("000000") == identity_key("0000000") == "000000"
+    assert identity_key("0", Path("train/images/00000/3.jpg")) == "00000"  # the image folder's own spelling
+    assert identity_key("7", Path("train/images/00000/3.jpg")) == "000007"  # another number: Kryptonite's
+    assert identity_key("12345678") == "12345678" and identity_key("Ann") == "Ann"
+    assert identity_key("٠") == "٠"  # not an ASCII number: kept as written, never read as 0
+
+
+def test_kryptonite_val_pairs_from_val_csv_and_meta(tmp_path):
+    root = _organiser_data(tmp_path, n_ids=4, fake="000002/2.jpg")
+    pairs = read_kryptonite_val(root / "val.csv", root)
+    assert [p.pair_id for p in pairs] == [f"{k:08d}" for k in range(len(pairs))]
+    genuine = [p for p in pairs if p.type == GENUINE]
+    assert len(genuine) == 7 and all(p.label == 1 and p.path_a.parent == p.path_b.parent for p in genuine)
+    fake_same = [p for p in pairs if p.type == FAKE_OF_SAME]
+    assert [(p.path_a.relative_to(root).as_posix(), p.path_b.name, p.label) for p in fake_same] == [
+        ("train/images/000002/0.jpg", "2.jpg", 0)]  # the query against its identity's fake gallery image
+    others = [p for p in pairs if p.type in (IMPOSTOR, FAKE_OF_OTHER)]
+    assert len(others) == 8 and all(p.label == 0 and p.path_a.parent != p.path_b.parent for p in others)
+    assert all((p.type == FAKE_OF_OTHER) == (p.path_b.relative_to(root).as_posix() == "train/images/000002/2.jpg")
+               for p in others)
+    assert all(p.path_a.name == "0.jpg" for p in pairs)  # every pair starts from a query image
+    assert read_kryptonite_val(root / "val.csv", root) == pairs  # deterministic
+    assert read_kryptonite_val(root / "val.csv", root, root / "train" / "meta.json", seed=0) == pairs
+
+    def partners(pairs):  # which other identity each identity's query meets
+        met = {}
+        for p in pairs:
+            if p.type in (IMPOSTOR, FAKE_OF_OTHER):
+                met.setdefault(p.path_a.parent.name, set()).add(p.path_b.parent.name)
+        return met
+
+    met = partners(pairs)  # a derangement: one other identity each, every gallery used once
+    assert all(len(v) == 1 and k not in v for k, v in met.items())
+    assert sorted(next(iter(v)) for v in met.values()) == sorted(met)
+    assert len({tuple(sorted((k, *v) for k, v in partners(read_kryptonite_val(root / "val.csv", root, seed=s)).items()))
+                for s in range(6)}) > 1  # the seed picks which
+
+
+def test_kryptonite_val_cli_writes_a_pair_folder_training_validates_on(tmp_path, capsys):
+    root = _organiser_data(tmp_path)
+    out = root / "val"
+    assert main(["kryptonite-val", str(root / "val.csv"), "--root", str(root), "--out", str(out)]) == 0
+    assert "16 pairs, 16 labelled, 7 positive; written to" in capsys.readouterr().out
+    built = read_kryptonite_val(root / "val.csv", root)
+    back = read_pair_folder(out)  # what training.train reads from data_dir/val
+    assert [(p.pair_id, p.label, p.type) for p in back] == [(p.pair_id, p.label, p.type) for p in built]
+    assert all(b.path_a.read_bytes() == p.path_a.read_bytes() and b.path_b.read_bytes() == p.path_b.read_bytes()
+               for b, p in zip(back, built))
+    assert not [p for p in root.iterdir() if ".partial-" in p.name]
+    assert main(["kryptonite-val", str(root / "val.csv"), "--root", str(root), "--out", str(out)]) == 1
+    assert "not empty; pass --force" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["kryptonite-val", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--out DATA/val" in text and "training.train data_dir=DATA" in text
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda root: (root / "val.csv").write_text((root / "val.csv").read_text().replace(",True,False", ",,")),
+     "no row has is_query set"),
+    (lambda root: (root / "train" / "meta.json").write_text('{"000000/0.jpg": 0}'), "is not listed in"),
+    (lambda root: (root / "val.csv").write_text("label,path,split,is_query,is_gallery\n9,elsewhere/x.jpg,val,True,"
+                                                "False\n"), "does not exist"),
+])
+def test_kryptonite_val_errors_name_the_file(tmp_path, edit, message):
+    root = _organiser_data(tmp_path)
+    edit(root)
+    with pytest.raises(DataError, match=message) as info:
+        read_kryptonite_val(root / "val.csv", root)
+    assert str(root) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_kryptonite_val_needs_query_and_gallery_per_identity(tmp_path):
+    root = _organiser_data(tmp_path)
+    lines = (root / "val.csv").read_text().splitlines()
+    (root / "val.csv").write_text("\n".join(line for line in lines if not line.startswith("3,")
+                                            or line.endswith("True,False")) + "\n")
+    with pytest.raises(DataError, match=r"val\.csv: identity 000003 has no gallery image"):
+        read_kryptonite_val(root / "val.csv", root)
+
+
+# ------------------------------------------------------------------ pair ids
+
+@pytest.mark.parametrize("raw,canonical", [("00000001", "00000001"), ("1", "00000001"), ("0001", "00000001"),
+                                           ("000000000001", "00000001"), ("123456789", "123456789"),
+                                           (7, "00000007"), ("0", "00000000")])
+def test_pair_ids_have_one_spelling(raw, canonical):
+    assert parse_pair_id(raw, "x.csv:2") == canonical
+
+
+@pytest.mark.parametrize("raw", ["٠٠٠٠٠٠٠١", "００００００００", "0000000²", " 00000001", "00000001\n", "0000 001",
+                                 "+1", "-1", "1_000", "1e3", "0x10", "", "1" * 19, True, None, 1.0, -1])
+def test_pair_ids_other_than_ascii_digits_are_refused(raw):
+    with pytest.raises(DataError, match=r"^x\.csv:2: ") as info:
+        parse_pair_id(raw, "x.csv:2")
+    assert "\n" not in str(info.value)
+
+
+def test_label_csv_ids_compare_as_numbers_and_refuse_other_digits(tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_text("pair_id,label\n1,1\n00000002,0\n")
+    assert read_label_csv(path) == {"00000001": (1, "", ""), "00000002": (0, "", "")}
+    path.write_text("pair_id,label\n1,1\n0001,0\n")
+    with pytest.raises(DataError, match=r"labels\.csv:3: pair_id 00000001 repeated \(the same pair as line 2"):
+        read_label_csv(path)
+    for bad in ("٠٠٠٠٠٠٠١", " 00000001", '"00000001\n"', "0000 0001"):
+        path.write_text(f"pair_id,label\n{bad},1\n")
+        with pytest.raises(DataError, match=r"labels\.csv:\d: pair id .* ASCII digits") as info:
+            read_label_csv(path)
+        assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["٠٠٠٠٠٠٠١", "0000000١", "00000001\n", "0000 001", "00000001 ", "１２３４５６７８"])
+def test_pair_folder_names_other_than_8_ascii_digits_are_refused_before_any_work(tmp_path, name):
+    folder = _pair_folder(tmp_path / "t", ["00000000"])
+    (folder / "images" / name).mkdir()  # holds no images: refused by name, before any image is looked at
+    with pytest.raises(DataError, match="is not an 8-digit pair folder") as info:
+        read_pair_folder(folder)
+    assert "\n" not in str(info.value) and repr(name) in str(info.value)
+
+
+def test_names_with_control_characters_are_refused(tmp_path):
+    for rel in ("a\nb.jpg", "a/b\x00.jpg", "a\tb/c.jpg", "a\rb"):
+        with pytest.raises(DataError, match="control character") as info:
+            safe_join(tmp_path, rel, "m.json")
+        assert "\n" not in str(info.value)
+    lfw = _lfw(tmp_path / "lfw")
+    txt = tmp_path / "pairs.txt"
+    txt.write_text("1\t1\nAnn\t1\t٢\nAnn\t1\tBob\t1\n")  # Arabic-Indic 2: int() would read it as 2
+    with pytest.raises(DataError, match=r"pairs\.txt:2: invalid literal for an image number: '٢'"):
+        read_lfw_pairs(lfw, txt)
+    txt.write_text(f"{'9' * 5000}\t1\n")
+    with pytest.raises(DataError, match=r"pairs\.txt:1: expected a header"):
+        read_lfw_pairs(lfw, txt)
+
+
+# ------------------------------------------------------------ deep or huge JSON and CSV
+
+JSON_BOMBS = {
+    "deep": "[" * 100_000 + "]" * 100_000,
+    "deep object": '{"a":' * 100_000 + "0" + "}" * 100_000,
+    "huge number": '{"000000/0.jpg": ' + "1" * 5000 + "}",
+    "NaN": '{"000000/0.jpg": NaN}',
+}
+
+
+@pytest.mark.parametrize("kind", sorted(JSON_BOMBS))
+@pytest.mark.parametrize("which", ["meta.json", "fakes.json", "marker"])
+def test_deep_or_huge_json_is_one_line_naming_the_file(tmp_path, kind, which, capsys):
+    root = _kryptonite(tmp_path, {"000000/0.jpg": 0})
+    target = root / "train" / ("marker.json" if which == "marker" else which)
+    target.write_text(JSON_BOMBS[kind])
+    with pytest.raises(DataError) as info:
+        if which == "marker":
+            read_identity_folders(root / "train" / "images", target)
+        else:
+            read_kryptonite_train(root)
+    message = str(info.value)
+    assert message.startswith(str(target)) and "\n" not in message and len(message) < 300
+    if which == "meta.json":
+        assert main(["kryptonite-train", str(root)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {target}") and len(err.strip().splitlines()) == 1
+
+
+def test_csv_field_over_the_csv_module_limit_is_a_data_error(tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_text('pair_id,label\n00000001,"' + "x" * 200_000 + '"\n')
+    with pytest.raises(DataError, match=r"labels\.csv:2: not a readable CSV row"):
+        read_label_csv(path)
+
+
+# ------------------------------------------------------------ orphans of killed runs
+
+def test_remove_orphans_spares_live_processes_and_other_names(tmp_path):
+    import re
+    import subprocess
+    import sys
+
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    done.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        names = [f".out.partial-{done.pid}", f".out.partial-{alive.pid}", f".out.partial-{os.getpid()}",
+                 ".out.partial-abc", f".out.partial-{done.pid}x", f".other.partial-{done.pid}", "out"]
+        for name in names:
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "f").write_text("x")
+        removed = remove_orphans(tmp_path, re.compile(re.escape(".out.partial-") + r"(?P<pid>[0-9]+)"))
+        assert [p.name for p in removed] == [f".out.partial-{done.pid}"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[1:])
+    finally:
+        alive.kill()
+        alive.wait()
+
+
+def test_convert_removes_the_build_folder_of_a_killed_run(tmp_path, monkeypatch):
+    """convert builds in .OUT.tmp-<pid>-XXXXXXXX (engine.datasets.remove_orphans clears dead ones)."""
+    import subprocess
+    import sys
+
+    import convert
+    import convert.export
+    import convert.gate
+    from engine.contract import ModelConfig
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Stop
+
+    model = type("Model", (), {"config": ModelConfig()})()
+    monkeypatch.setattr(convert.export, "load_checkpoint", lambda path: model)
+    monkeypatch.setattr(convert.gate, "embed_torch", stop)  # the first step inside the build folder
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        orphans = [f".model.tmp-{dead.pid}-ab_c1234", ".model.tmp-k3x9_q0z"]  # a dead pid's; an old pid-less one
+        kept = [f".model.tmp-{live.pid}-ab_c1234", ".model.tmp-short", f".model.tmp-{dead.pid}-toolong99",
+                f".other.tmp-{dead.pid}-ab_c1234"]
+        for name in orphans + kept:
+            (tmp_path / name).mkdir()
+        with pytest.raises(Stop):
+            convert.convert_checkpoint(tmp_path / "run", tmp_path / "model", precision="fp32", quiet=True)
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)  # its own build folder is gone too
+    finally:
+        live.kill()
+        live.wait()

@@ -1,6 +1,8 @@
 """The embedder: order under the thread pool, batching, per-image failures, strict mode, cache."""
 from __future__ import annotations
 
+import json
+import os
 import random
 import time
 
@@ -42,9 +44,9 @@ def test_order_is_kept_with_many_workers_and_scrambled_decode_times(faces, refer
     real = embedder_module.Preprocessor.load
     rng = random.Random(0)
 
-    def slow_random(self, path):  # later images often finish first
+    def slow_random(self, path, data=None):  # later images often finish first
         time.sleep(rng.uniform(0, 0.01))
-        return real(self, path)
+        return real(self, path, data)
 
     monkeypatch.setattr(embedder_module.Preprocessor, "load", slow_random)
     with Embedder(backend(), workers=4, batch_size=4, prefetch=2, progress=False) as emb:
@@ -95,21 +97,21 @@ def bad_images(tmp_path, faces):
 
 
 def test_unusable_images_are_reported_and_the_rest_embedded(faces, reference, bad_images, tmp_path):
-    flat = tmp_path / "flat.png"  # one colour: no face, but a valid image -> still scored
+    flat = tmp_path / "flat.png"  # one colour: a valid image, but nothing to verify in it
     cv2.imwrite(str(flat), np.full((60, 60, 3), 128, np.uint8))
     paths = [faces[0], bad_images["corrupt"], faces[1], bad_images["text"], bad_images["tiny"], flat,
              bad_images["missing"], bad_images["folder"], faces[2]]
     with Embedder(backend(), batch_size=4, progress=False) as emb:
         res = emb.embed_paths(paths)
-    assert res.ok.tolist() == [True, False, True, False, False, True, False, False, True]
+    assert res.ok.tolist() == [True, False, True, False, False, False, False, False, True]
     np.testing.assert_allclose(res.embeddings[[0, 2, 8]], reference[:3], rtol=0, atol=1e-6)
-    assert np.isfinite(res.embeddings[5]).all()
     assert np.isnan(res.embeddings[~res.ok]).all()
     reasons = {f.path.name: f.reason for f in res.failures}
     assert reasons == {
         "corrupt.jpg": "truncated JPEG (no end-of-image marker)",
         "notes.jpg": "not a decodable image",
         "tiny.png": "image is 1x1, smaller than 8px on a side",
+        "flat.png": "blank image (one colour throughout): no face to verify",
         "missing.jpg": "no such file",
         "a_folder.jpg": "is a directory, not an image",
     }
@@ -148,16 +150,73 @@ def test_cache_skips_known_files_and_notices_changes(faces, reference, tmp_path)
     assert third.n_cached == 0 and len(list(cache.iterdir())) == 2
 
 
-def test_a_damaged_cache_is_ignored(faces, reference, tmp_path):
+def _damage(folder, kind):
+    array, index = folder / "embeddings.npy", folder / "index.json"
+    data = json.loads(index.read_text())
+    first = next(iter(data["entries"]))
+    if kind == "garbage array":
+        array.write_bytes(b"garbage")
+    elif kind == "0-byte array":
+        array.write_bytes(b"")
+    elif kind == "int array":
+        np.save(array, np.ones((2, D), np.int64))
+    elif kind == "object array":
+        np.save(array, np.array([[None] * D] * 2, dtype=object), allow_pickle=True)
+    elif kind == "nan rows":
+        np.save(array, np.full((2, D), np.nan, np.float32))
+    elif kind == "short entry":
+        data["entries"][first] = []
+    elif kind == "negative row":  # would silently be the LAST row under numpy indexing
+        data["entries"][first] = -1
+    elif kind == "row past the end":
+        data["entries"][first] = 2
+    elif kind == "index not json":
+        index.write_text("{")
+    elif kind == "array missing":
+        array.unlink()
+    if kind.endswith(("entry", "row", "end")):
+        index.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("kind", ["garbage array", "0-byte array", "int array", "object array", "nan rows",
+                                  "short entry", "negative row", "row past the end", "index not json",
+                                  "array missing"])
+def test_a_damaged_cache_is_ignored_with_a_warning_and_rebuilt(faces, reference, tmp_path, caplog, kind):
     cache = tmp_path / "cache"
     with Embedder(backend(), cache_dir=cache, progress=False) as emb:
         emb.embed_paths(faces[:2])
     (folder,) = cache.iterdir()
-    (folder / "embeddings.npy").write_bytes(b"garbage")
-    with Embedder(backend(), cache_dir=cache, progress=False) as emb:
-        res = emb.embed_paths(faces[:2])
-    assert res.n_cached == 0
+    _damage(folder, kind)
+    with caplog.at_level("WARNING", logger="engine.embedder"):
+        with Embedder(backend(), cache_dir=cache, progress=False) as emb:
+            res = emb.embed_paths(faces[:2])
+    assert res.n_cached == 0 and res.n_embedded == 2
     np.testing.assert_allclose(res.embeddings, reference[:2], rtol=0, atol=1e-6)
+    assert [r.message for r in caplog.records if "damaged embedding cache ignored and rebuilt" in r.message]
+    with Embedder(backend(), cache_dir=cache, progress=False) as emb:  # rebuilt: used again
+        again = emb.embed_paths(faces[:2])
+    assert again.n_cached == 2
+    np.testing.assert_allclose(again.embeddings, reference[:2], rtol=0, atol=1e-6)
+
+
+def test_a_file_replaced_with_the_same_size_and_mtime_is_not_a_cache_hit(tmp_path):
+    cache, path = tmp_path / "cache", tmp_path / "photo.bmp"
+
+    def bmp(seed):  # uncompressed: any two images of one size are files of one size
+        return cv2.imencode(".bmp", synthetic_face(seed, 64))[1].tobytes()
+
+    path.write_bytes(bmp(1))
+    with Embedder(backend(), cache_dir=cache, progress=False) as emb:
+        first = emb.embed_paths([path])
+    st = path.stat()
+    path.write_bytes(bmp(2))  # as a restore or `cp -p` does: same size, same mtime, other pixels
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    with Embedder(backend(), cache_dir=cache, progress=False) as emb:
+        second = emb.embed_paths([path])
+    assert (second.n_cached, second.n_embedded) == (0, 1)
+    np.testing.assert_allclose(second.embeddings[0], one_at_a_time([path])[0], rtol=0, atol=1e-6)
+    assert np.abs(second.embeddings[0] - first.embeddings[0]).max() > 1e-3
 
 
 def test_embedder_owns_and_closes_its_backend():

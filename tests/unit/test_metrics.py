@@ -7,6 +7,8 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from engine import metrics as M
 from engine.datasets import FAKE_OF_OTHER, FAKE_OF_SAME, GENUINE, IMPOSTOR
@@ -119,7 +121,7 @@ def test_roc_matches_sklearn(seed):
 def test_organiser_variant_matches_its_definition(seed):
     sk = pytest.importorskip("sklearn.metrics")
     labels, scores = random_pairs(300, seed + 10, decimals=1 + seed % 2)
-    fpr, tpr, thr = sk.roc_curve(labels, scores, drop_intermediate=False)
+    fpr, tpr, thr = sk.roc_curve(labels, scores)  # the organisers' eer.py: sklearn's default ROC
     fnr = 1 - tpr
     i = np.argmin(np.abs(fnr - fpr))
     assert M.equal_error_rate(labels, scores, method="organiser") == (pytest.approx(fnr[i]), thr[i])
@@ -390,3 +392,113 @@ def test_evaluate_untyped_negatives_only_count_overall():
     assert r["eer"] > 0
     assert r["eer_real"] == 0.0 and r["eer_fake"] == 0.0
     assert r["counts"] == {GENUINE: 2, IMPOSTOR: 1, FAKE_OF_SAME: 1, FAKE_OF_OTHER: 0, "unknown": 2}
+
+
+# --------------------------------------------------- the organisers' scorer exactly
+
+def _sklearn_organiser_eer(labels, scores):
+    """The organisers' rule with sklearn itself: FNR at argmin |FNR - FPR| on roc_curve's default ROC."""
+    sk = pytest.importorskip("sklearn.metrics")
+    fpr, tpr, thr = sk.roc_curve(labels, scores)  # drop_intermediate=True, as in their eer.py
+    i = int(np.nanargmin(np.abs((1 - tpr) - fpr)))
+    return float(1 - tpr[i]), float(thr[i])
+
+
+# Small sets drawn from few score values: ties and equal-step runs, where dropping matters.
+small_score_sets = st.integers(2, 14).flatmap(lambda n: st.tuples(
+    st.lists(st.integers(0, 1), min_size=n, max_size=n).filter(lambda y: 0 < sum(y) < len(y)),
+    st.lists(st.one_of(st.integers(-3, 3).map(float), st.floats(-1, 1, allow_nan=False, width=32)),
+             min_size=n, max_size=n)))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+@given(small_score_sets)
+@example(([0, 0, 0, 1, 1], [0.0, 1.0, 2.0, 0.0, 1.0]))  # full ROC says 0.5, the organisers say 1.0
+def test_organiser_eer_matches_sklearn_default_roc(data):
+    labels, scores = data
+    assert M.equal_error_rate(labels, scores, method="organiser") == _sklearn_organiser_eer(labels, scores)
+    r = M.evaluate(labels, scores, bootstrap=0, method="organiser")
+    assert (r["eer"], r["eer_organiser"]) == (_sklearn_organiser_eer(labels, scores)[0],) * 2
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+@given(small_score_sets)
+def test_roc_curve_drop_intermediate_matches_sklearn(data):
+    sk = pytest.importorskip("sklearn.metrics")
+    labels, scores = data
+    for ours, theirs in zip(M.roc_curve(labels, scores, drop_intermediate=True), sk.roc_curve(labels, scores)):
+        np.testing.assert_array_equal(ours, theirs)
+
+
+def test_organiser_eer_drops_intermediate_points():
+    # Sorted: 2 (N), 1 (N, P), 0 (N, P): points (T, F) = (0,0) (0,1) (1,2) (2,3), FNR - FPR =
+    # 1, 2/3, -1/6, -1. The full ROC picks (1,2), FNR 0.5; sklearn drops (1,2), the middle of two
+    # equal steps (+1 P, +1 N), so the organisers' scorer picks (0,1), FNR 1.0 at threshold 2.
+    labels, scores = [0, 0, 0, 1, 1], [0.0, 1.0, 2.0, 0.0, 1.0]
+    fpr, tpr, _ = M.roc_curve(labels, scores)
+    full = float((1 - tpr)[np.argmin(np.abs(1 - tpr - fpr))])
+    assert full == 0.5  # what --method organiser said before: not the organisers' number
+    assert M.equal_error_rate(labels, scores, method="organiser") == (1.0, 2.0)
+    assert len(M.roc_curve(labels, scores, drop_intermediate=True)[0]) < len(fpr)
+
+
+@pytest.mark.parametrize("pos,neg", [([2.0, 1.0, 0.0], [2.0, 1.0, 0.0]), ([1.0, 2.0, 3.0, 4.0], [0.0, 1.0, 2.0])])
+def test_bootstrap_organiser_follows_the_dropping_rule_exactly(pos, neg):
+    """Enumerate every resample (ties make sklearn drop points near the crossing)."""
+    labels = [1] * len(pos) + [0] * len(neg)
+    exact = Counter()
+    weight = 1 / (len(pos) ** len(pos) * len(neg) ** len(neg))
+    for pi in itertools.product(range(len(pos)), repeat=len(pos)):
+        for ni in itertools.product(range(len(neg)), repeat=len(neg)):
+            s = [pos[i] for i in pi] + [neg[i] for i in ni]
+            exact[round(_sklearn_organiser_eer(labels, s)[0], 9)] += weight
+    tps, fps, _ = M._SortedPairs(*M.check_inputs(labels, pos + neg)).counts()
+    draws = M._bootstrap_eers(tps, fps, 60000, np.random.default_rng(0), "organiser")
+    seen = Counter(np.round(draws, 9).tolist())
+    assert set(seen) <= set(exact)
+    for value, p in exact.items():
+        assert seen[value] / 60000 == pytest.approx(p, abs=0.008), value
+
+
+# ------------------------------------------------- submission row order (positional scorer)
+
+def _labels_and_submission(tmp_path, sub_order):
+    labels_csv = tmp_path / "labels.csv"
+    labels_csv.write_text("pair_id,label\n" + "".join(f"{k:08d},{k % 2}\n" for k in range(6)))
+    sub = tmp_path / "sub.csv"
+    sub.write_text("pair_id,similarity\n" + "".join(f"{k:08d},{0.1 * k}\n" for k in sub_order))
+    return labels_csv, sub
+
+
+def test_cli_warns_when_submission_rows_are_not_in_label_order(tmp_path, capsys):
+    labels_csv, sub = _labels_and_submission(tmp_path, [1, 0, 2, 3, 4, 5])
+    assert M.main(["--submission", str(sub), "--labels", str(labels_csv), "--bootstrap", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "rows are not in the order of" in err and "row 1: 00000001, labels: 00000000" in err
+    assert "pairs rows by position" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_quiet_when_submission_rows_follow_the_labels(tmp_path, capsys):
+    labels_csv, sub = _labels_and_submission(tmp_path, range(6))
+    assert M.main(["--submission", str(sub), "--labels", str(labels_csv), "--bootstrap", "0"]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_cli_help_documents_the_positional_scorer(capsys):
+    with pytest.raises(SystemExit):
+        M.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "by position" in text and "drop_intermediate" in text
+
+
+def test_submission_pair_ids_are_ascii_digits_only(tmp_path):
+    from engine import submission
+
+    with pytest.raises(ValueError, match="ASCII digits"):
+        submission.write_submission(tmp_path / "sub.csv", ["٠٠٠٠٠٠٠١"], np.array([0.5]))
+    labels_csv, sub = _labels_and_submission(tmp_path, range(6))
+    sub.write_text(sub.read_text().replace("00000001,", "٠٠٠٠٠٠٠١,"))  # int() would read it as 1
+    with pytest.warns(submission.SubmissionWarning) as record:
+        result = submission.score_submission(sub, labels_csv, bootstrap=0)
+    assert result["join"]["missing"] == ["00000001"] and result["join"]["extra"] == ["٠٠٠٠٠٠٠١"]
+    assert any("not in" in str(w.message) for w in record)

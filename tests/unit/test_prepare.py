@@ -178,7 +178,7 @@ def test_refuses_non_empty_out_without_force(small_faces, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("precious")
-    assert prep.main(["--source", str(small_faces), "--out", str(out), *CLI_SMALL]) == 1
+    assert prep.main(["--source", str(small_faces), "--out", str(out), *CLI_SMALL]) == 2  # refused up front
     assert "not empty" in capsys.readouterr().err
     assert _files(out) == {"keep.txt": b"precious"}
     assert prep.main(["--source", str(small_faces), "--out", str(out), "--force", *CLI_SMALL]) == 0
@@ -312,3 +312,61 @@ def test_align_face_puts_every_photo_on_the_canonical_frame(face_data, tmp_path)
         eyes = detector.detect(img)[0].keypoints[:2]
         assert np.abs(eyes - target[:2]).max() < 8, (s.path, eyes, target[:2])
     detector.close()
+
+
+# ------------------------------------------------------------- up-front refusals
+
+@pytest.mark.parametrize("out", [".", "..", "./"])
+def test_refuses_the_current_directory_or_a_parent_before_any_work(small_faces, tmp_path, monkeypatch, capsys, out):
+    cwd = tmp_path / "work" / "here"
+    cwd.mkdir(parents=True)
+    (cwd / "precious.txt").write_text("keep me")
+    monkeypatch.chdir(cwd)
+    assert prep.main(["--source", str(small_faces), "--out", out, "--force", *CLI_SMALL]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {Path(out)}: is the current directory or one of its parents")
+    assert (cwd / "precious.txt").read_text() == "keep me"
+    assert _leftovers(cwd) == [] and _leftovers(cwd.parent) == [] and _leftovers(tmp_path) == []
+
+
+def test_refuses_an_ancestor_of_the_source(small_faces, tmp_path, capsys):
+    assert prep.main(["--source", str(small_faces), "--out", str(small_faces.parent), "--force", *CLI_SMALL]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "must not overlap the source" in err[0]
+    assert small_faces.is_dir()
+
+
+@pytest.mark.parametrize("size", ["100000", "4097", "8", "-5"])
+def test_refuses_an_unreasonable_size_before_any_work(small_faces, tmp_path, capsys, size):
+    out = tmp_path / "out"
+    assert prep.main(["--source", str(small_faces), "--out", str(out), "--size", size, *CLI_SMALL]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: size must be 0 (keep) or in 16..4096, got {size}"]
+    assert not out.exists() and _leftovers(tmp_path) == []
+
+
+def test_removes_the_build_folder_of_a_killed_run(small_faces, tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        for name in (f".out.partial-{dead.pid}", f".out.partial-{live.pid}", ".out.partial-notapid",
+                     f".other.partial-{dead.pid}"):
+            (tmp_path / name / "train").mkdir(parents=True)
+        prep.prepare(small_faces, tmp_path / "out", **SMALL)
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == sorted(
+            [f".out.partial-{live.pid}", ".out.partial-notapid", f".other.partial-{dead.pid}"])
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_help_says_what_is_refused_and_cleaned(capsys):
+    with pytest.raises(SystemExit):
+        prep.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "16..4096" in text and "current directory" in text
+    assert ".OUT.partial-<pid>" in text and "removed by the next run" in text

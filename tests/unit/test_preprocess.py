@@ -1,6 +1,7 @@
 """engine.preprocess: every kind of input becomes uint8 RGB (size, size, 3), or a clear ImageError."""
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 
@@ -171,3 +172,152 @@ def test_crop_fraction_keeps_the_central_share():
     assert half.min() == 255  # only the white centre survives the 0.5 crop
     with pytest.raises(ValueError, match="crop_fraction"):
         preprocess(rgb, 64, crop_fraction=0.0)
+
+
+# ----------------------------------------------------------------------------- hostile files
+
+
+def _encoded(ext: str, rng_seed: int = 0) -> bytes:
+    """A 300x200 image as OpenCV writes ``ext``: floats for HDR/PFM, a random colour image otherwise."""
+    img = np.random.default_rng(rng_seed).integers(0, 256, (200, 300, 3), dtype=np.uint8)
+    src = img.astype(np.float32) / 255 if ext in (".hdr", ".pfm") else img
+    ok, buf = cv2.imencode(ext, src)
+    if not ok:
+        pytest.skip(f"this OpenCV build cannot write {ext}")
+    return buf.tobytes()
+
+
+FORMATS = [".jpg", ".png", ".bmp", ".tif", ".webp", ".jp2", ".gif", ".ras", ".avif", ".ppm", ".pam", ".pfm", ".hdr"]
+
+
+@pytest.mark.parametrize("ext", FORMATS)
+def test_every_format_opencv_decodes_has_its_size_read_from_the_header(ext):
+    from engine.preprocess import _header_size, image_format
+
+    data = _encoded(ext)
+    assert _header_size(data, image_format(data), "x") == (300, 200)
+    assert decode(data, f"x{ext}").shape == (200, 300, 3)
+
+
+def _bmp(w, h):
+    return b"BM" + struct.pack("<IHHI", 0, 0, 0, 54) + struct.pack("<IiiHHIIiiII", 40, w, h, 1, 24, 0, 0, 0, 0, 0, 0)
+
+
+def _tiff(w, h, tile=None):
+    tags = [(256, 4, 1, w), (257, 4, 1, h), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1), (277, 3, 1, 1)]
+    tags += [(322, 4, 1, tile), (323, 4, 1, tile), (324, 4, 1, 0), (325, 4, 1, 64)] if tile else \
+        [(273, 4, 1, 8), (278, 4, 1, h), (279, 4, 1, w * h)]
+    ifd = struct.pack("<H", len(tags)) + b"".join(struct.pack("<HHII", *t) for t in sorted(tags)) + b"\0" * 4
+    return b"II*\0" + struct.pack("<I", 8) + ifd + b"\0" * 64
+
+
+HUGE = {  # headers claiming 16000x16000 (256 Mpx) over a few bytes of data
+    "hdr": b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 16000 +X 16000\n" + b"\x02\x02\x3e\x80" * 16,
+    "pfm": b"PF\n16000 16000\n-1\n" + b"\0" * 64,
+    "pam": b"P7\nWIDTH 16000\nHEIGHT 16000\nDEPTH 3\nMAXVAL 255\nTUPLTYPE RGB\nENDHDR\n" + b"\0" * 64,
+    "ppm": b"P6\n16000 16000\n255\n" + b"\0" * 64,
+    "bmp": _bmp(16000, 16000),
+    "gif": b"GIF89a" + struct.pack("<HHBBB", 16000, 16000, 0, 0, 0)
+           + b"\x2c" + struct.pack("<HHHHB", 0, 0, 16000, 16000, 0) + b"\x02\x02\x44\x01\x00\x3b",
+    "sun": b"\x59\xa6\x6a\x95" + struct.pack(">7I", 16000, 16000, 24, 0, 1, 0, 0),
+    "tiff": _tiff(16000, 16000),
+    "png": _png_header_only(16000, 16000),
+    "jpeg": _jpeg_header_only(16000, 16000),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(HUGE))
+def test_huge_size_in_any_format_is_refused_before_decoding_even_renamed(tmp_path, kind):
+    path = tmp_path / "holiday.jpg"  # the name says JPEG; the bytes decide
+    path.write_bytes(HUGE[kind])
+    with pytest.raises(ImageError, match=r"holiday\.jpg: (image header says 16000x16000, over the|image too large)"):
+        load_image(path)
+
+
+def test_tiff_with_huge_tiles_over_a_small_image_is_refused():
+    # OpenCV allocates a whole tile: 10x10 pixels in 16000x16000 tiles took 1 GB before this check.
+    with pytest.raises(ImageError, match="TIFF tiles of 16000x16000, over the"):
+        decode(_tiff(10, 10, tile=16000), "tiles.tif")
+
+
+@pytest.mark.parametrize("data, fmt", [(b"\xff\xd8\xff\xe0garbage" * 4, "JPEG"), (b"II*\0\xff\xff\xff\xff", "TIFF"),
+                                       (b"#?RADIANCE\nno format line\n", "HDR"), (b"PF\nwide tall\n-1\n", "PFM")])
+def test_header_whose_size_cannot_be_read_is_refused(data, fmt):
+    with pytest.raises(ImageError, match=f"x: damaged {fmt} header"):
+        decode(data, "x")
+
+
+def test_float_image_with_nan_pixels_is_refused():
+    data = bytearray(_encoded(".pfm"))
+    data[-4:] = struct.pack("<f", float("nan"))
+    with pytest.raises(ImageError, match="not finite"):
+        decode(bytes(data), "nan.pfm")
+
+
+def test_file_over_the_byte_limit_is_refused_before_reading(tmp_path, monkeypatch):
+    from engine import preprocess as pp
+
+    big = tmp_path / "big.jpg"
+    with open(big, "wb") as f:  # sparse: no disk or memory used
+        f.truncate(pp.MAX_FILE_BYTES + 1)
+    monkeypatch.setattr(pp.os, "fdopen", lambda *a, **k: pytest.fail("the file was opened for reading"))
+    with pytest.raises(ImageError, match=r"big\.jpg: 268,435,457 bytes, over the 268,435,456 byte limit"):
+        load_image(big)
+    monkeypatch.setattr(pp, "MAX_FILE_BYTES", 100)
+    with pytest.raises(ImageError, match="101 bytes, over the 100 byte limit"):
+        decode(b"\x89PNG" + b"\0" * 97, "b.png")
+
+
+def test_fifo_symlink_loop_broken_link_and_device_say_what_they_are(tmp_path):
+    import threading
+
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+
+    def unblock():  # had the FIFO been opened for reading in blocking mode, this ends the wait
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+
+    timer = threading.Timer(5, unblock)
+    timer.start()
+    try:
+        with pytest.raises(ImageError, match=r"pipe\.jpg: is a FIFO \(named pipe\), not an image"):
+            load_image(fifo)
+    finally:
+        timer.cancel()
+    (tmp_path / "a.jpg").symlink_to(tmp_path / "b.jpg")
+    (tmp_path / "b.jpg").symlink_to(tmp_path / "a.jpg")
+    with pytest.raises(ImageError, match=r"a\.jpg: symlink loop"):
+        load_image(tmp_path / "a.jpg")
+    (tmp_path / "dangling.jpg").symlink_to(tmp_path / "gone.jpg")
+    with pytest.raises(ImageError, match=r"dangling\.jpg: broken symlink \(to .*gone\.jpg\)"):
+        load_image(tmp_path / "dangling.jpg")
+    with pytest.raises(ImageError, match=r"null: is a character device, not an image"):
+        load_image(os.devnull)
+
+
+def test_runtime_preprocessor_refuses_blank_images_training_keeps_them():
+    from engine.contract import ModelConfig
+    from engine.preprocess import Preprocessor
+
+    flat = np.full((80, 80, 3), (10, 200, 30), np.uint8)
+    flat[0, 0] = (12, 198, 31)  # JPEG-like rounding is still one colour
+    config = ModelConfig(input_size=32)
+    with pytest.raises(ImageError, match=r"flat\.jpg: blank image"):
+        Preprocessor(config, refuse_blank=True).prepare(flat, "flat.jpg")
+    assert Preprocessor(config).prepare(flat, "flat.jpg").image.shape == (32, 32, 3)
+    assert Preprocessor(config, refuse_blank=True).prepare(synthetic_face(1, 80), "face").image.shape == (32, 32, 3)
+
+
+def test_datasets_check_images_applies_the_same_rules(tmp_path, capsys):
+    from engine.datasets import main
+
+    for k in range(2):
+        write_jpeg(tmp_path / "faces" / "ann" / f"{k}.jpg", synthetic_face(k, 64))
+    assert main(["identity-folders", str(tmp_path / "faces"), "--check-images"]) == 0
+    bomb = tmp_path / "faces" / "ann" / "2.jpg"
+    bomb.write_bytes(HUGE["hdr"])  # a Radiance HDR renamed .jpg
+    assert main(["identity-folders", str(tmp_path / "faces"), "--check-images"]) == 1
+    assert f"{bomb}: image header says 16000x16000, over the" in capsys.readouterr().err

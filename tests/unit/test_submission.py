@@ -211,3 +211,46 @@ def test_python_dash_m_help():
     assert proc.returncode == 0, proc.stderr
     for flag in ("--submission", "--labels", "--out", "--method", "--bootstrap", "--seed", "--threshold"):
         assert flag in proc.stdout
+
+
+# ----------------------------------------------------------------------------- output modes
+# Atomic writes go through mkstemp/mkdtemp, which make private files (0600) and
+# folders (0700): the results must get the modes a plain open/mkdir would give.
+
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield 0o022
+    os.umask(old)
+
+
+def test_new_submission_gets_the_umask_default_mode(tmp_path, umask_022):
+    path = submission.write_submission(tmp_path / "sub.csv", [1], [0.5])
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_replaced_submission_keeps_the_old_files_mode(tmp_path, umask_022):
+    path = tmp_path / "sub.csv"
+    path.write_text("old\n")
+    path.chmod(0o664)
+    submission.write_submission(path, [1], [0.5])
+    assert path.stat().st_mode & 0o777 == 0o664 and path.read_text().startswith("pair_id,similarity\n")
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_convert_output_folder_gets_the_umask_default_mode(tmp_path, umask_022, existing):
+    import tempfile
+
+    from convert import _replace_dir
+
+    out = tmp_path / "model"
+    if existing:  # --force over an older folder
+        out.mkdir()
+        (out / "old.txt").write_text("x")
+    work = Path(tempfile.mkdtemp(prefix=".model.tmp-", dir=tmp_path))
+    (work / "model.json").write_text("{}")
+    _replace_dir(work, out)
+    assert out.stat().st_mode & 0o777 == 0o755
+    assert sorted(p.name for p in out.iterdir()) == ["model.json"]
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]

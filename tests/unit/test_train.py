@@ -324,3 +324,141 @@ def test_device_loader_trains_and_resumes_exactly_on_the_cpu(dataset, tmp_path):
     a = torch.load(full / "last.pt", weights_only=True)["model"]
     b = torch.load(part / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------- damaged checkpoints, orphans, refusals, organisers' data
+
+def _bare_data(tmp_path) -> Path:
+    """Enough for check_inputs (train/meta.json present); --resume fails on last.pt before reading it."""
+    data = tmp_path / "data"
+    (data / "train").mkdir(parents=True)
+    (data / "train" / "meta.json").write_text("{}")
+    return data
+
+
+class _Mkdir:
+    """A pickle that would create a folder when loaded unsafely (a disallowed global: os.mkdir)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.path,))
+
+
+def _damage(kind: str, last: Path, marker: Path) -> None:
+    good = {"model": {"w": torch.zeros(4)}, "optimizer": {}, "scaler": {}, "sampler": {}, "progress": {},
+            "rng": [], "config": {}}
+    if kind == "truncated":
+        torch.save(good, last)
+        last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    elif kind == "random bytes":
+        last.write_bytes(np.random.default_rng(0).bytes(4096))
+    elif kind == "empty":
+        last.write_bytes(b"")
+    elif kind == "disallowed global":
+        torch.save({**good, "model": _Mkdir(marker)}, last)
+    elif kind == "plain pickle":
+        import pickle
+
+        last.write_bytes(pickle.dumps(_Mkdir(marker), protocol=4))
+    elif kind == "not a checkpoint":
+        torch.save({"state_dict": {"w": torch.zeros(1)}}, last)
+    else:  # a checkpoint whose config is not a valid config
+        torch.save({**good, "config": {"lr": "fast"}}, last)
+
+
+@pytest.mark.parametrize("kind", ["truncated", "random bytes", "empty", "disallowed global", "plain pickle",
+                                  "not a checkpoint", "bad config"])
+def test_resume_from_a_damaged_last_pt_is_one_line_naming_it(tmp_path, capsys, kind):
+    from training.train import main
+
+    data, run = _bare_data(tmp_path), tmp_path / "run"
+    run.mkdir()
+    marker = tmp_path / "pwned"
+    _damage(kind, run / "last.pt", marker)
+    code = main(["--resume", f"data_dir={data}", f"output_dir={run}", "validate=false"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith(f"error: {run / 'last.pt'}: "), err
+    assert "weights_only" not in err[0] and "Traceback" not in err[0]
+    assert not marker.exists()  # nothing in the file was run
+
+
+def test_output_dir_that_is_a_file_is_refused_before_any_work(tmp_path, capsys):
+    from training.train import main
+
+    data = _bare_data(tmp_path)
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    for output_dir in (taken, taken / "run"):
+        assert main([f"data_dir={data}", f"output_dir={output_dir}", "validate=false"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: output_dir: {taken} exists and is not a folder"), err
+    assert taken.read_text() == "not a folder"
+
+
+def test_the_next_run_removes_a_killed_runs_temporaries(tmp_path, capsys):
+    from training.train import main
+
+    data, run = _bare_data(tmp_path), tmp_path / "run"
+    (data / "train" / "meta.json").write_text("[]")  # the run stops at reading the data, after the clean-up
+    run.mkdir()
+    orphans = [".last.pt.tmp", ".log.jsonl.tmp", ".log.csv.tmp", ".model.safetensors.tmp", ".model.json.tmp",
+               ".config.yaml.tmp"]
+    kept = [".last.pt.tmp.bak", ".last.pt.tmpx", "last.pt.tmp", "notes.tmp", ".other.tmp"]
+    for name in orphans + kept:
+        (run / name).write_bytes(b"partial")
+    assert main([f"data_dir={data}", f"output_dir={run}", "validate=false"]) == 2
+    assert "meta.json" in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir() if p.name != "config.yaml") == sorted(kept)
+
+
+def test_help_says_the_next_run_removes_temporaries(capsys):
+    from training.train import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert ".last.pt.tmp" in text and "removed when the next run starts" in text
+
+
+def test_missing_val_pairs_points_to_the_val_csv_converter(tmp_path):
+    from training.train import check_inputs
+
+    data = _bare_data(tmp_path)
+    (data / "val.csv").write_text("label,path,split,is_query,is_gallery\n")
+    with pytest.raises(TrainError, match=r"val/pairs\.csv: no such file .*engine\.datasets kryptonite-val"):
+        check_inputs(load_config(None, [f"data_dir={data}"]), tmp_path / "run", resume=False)
+
+
+def test_trains_and_validates_on_the_organisers_layout(tmp_path):
+    """train/meta.json with JSON booleans and 6-digit folders, train.csv with empty flags, val.csv with
+    1 query + 2 gallery images per identity: converted once, then training validates on it."""
+    from engine.datasets import main as datasets_main
+
+    root = tmp_path / "kryptonite"
+    meta, train_rows, val_rows = {}, [], []
+    for ident in range(N_IDS + 4):
+        held_out = ident >= N_IDS  # val identities (their images are in train/images and meta.json too)
+        for k in range(3 if held_out else N_REAL + N_FAKE):
+            fake = not held_out and k >= N_REAL
+            rel = f"{ident:06d}/{k}.jpg"
+            write_jpeg(root / "train" / "images" / rel, _face(ident, k, fake))
+            meta[rel] = fake
+            row = f"{ident},train/images/{rel}"
+            if held_out:
+                val_rows.append(f"{row},val,{k == 0},{k > 0}")
+            else:
+                train_rows.append(f"{row},train,,")
+    (root / "train" / "meta.json").write_text(json.dumps(meta))
+    header = "label,path,split,is_query,is_gallery\n"
+    (root / "train.csv").write_text(header + "\n".join(train_rows) + "\n")
+    (root / "val.csv").write_text(header + "\n".join(val_rows) + "\n")
+    assert datasets_main(["kryptonite-val", str(root / "val.csv"), "--root", str(root), "--out",
+                          str(root / "val")]) == 0
+    run = tmp_path / "run"
+    summary = train(tiny(root, run, "epochs=1", "steps_per_epoch=2"), progress=False)
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1]
+    assert all(r["val_eer"] is not None for r in rows) and summary["best_eer"] is not None

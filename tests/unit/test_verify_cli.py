@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, synthetic_face, write_jpeg
-from engine.verify import main
+from engine.verify import FAILED_PAIR_SCORE, main
 from tiny_model import tiny_model_folder
 
 
@@ -90,15 +90,18 @@ def test_error_exit_code_and_json_error(capsys, model, tmp_path, pairs_dir):
     assert code == 2 and f"{text}: not a decodable image" in err
 
 
-def test_one_colour_image_is_scored_and_1x1_refused(capsys, model, tmp_path, pairs_dir):
+def test_one_colour_image_is_refused_and_1x1_refused(capsys, model, tmp_path, pairs_dir):
     import cv2
 
     flat, dot = tmp_path / "flat.png", tmp_path / "dot.png"
     cv2.imwrite(str(flat), np.full((50, 50, 3), 90, np.uint8))
     cv2.imwrite(str(dot), np.full((1, 1, 3), 90, np.uint8))
     face = pairs_dir / "images/00000003/0.jpg"
+    # align none (the tiny model's contract): nothing to verify in one colour, so no score at all
     code, out, _ = run(capsys, flat, face, "--model", model, "--json")
-    assert code in (0, 1) and np.isfinite(json.loads(out)["similarity"])
+    assert code == 2 and json.loads(out) == {"error": f"{flat}: blank image (one colour throughout): no face to verify"}
+    code, _, err = run(capsys, flat, face, "--model", model, "--align", "face")
+    assert code == 2 and f"{flat}: no face found" in err
     code, _, err = run(capsys, dot, face, "--model", model)
     assert code == 2 and "1x1, smaller than 8px" in err
 
@@ -146,6 +149,209 @@ def test_no_threshold_anywhere_is_an_error_after_printing_the_similarity(capsys,
 def test_bad_flag_combinations(capsys, argv, message):
     code, _, err = run(capsys, *argv)
     assert code == 2 and message in err
+
+
+def _error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("engine.verify: error:")]
+
+
+def _strict_json(text: str):
+    """json.loads that refuses NaN/Infinity, as strict JSON readers do."""
+    def refuse(name):
+        raise AssertionError(f"non-standard JSON constant {name} in {text!r}")
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("exc, code", [(ZeroDivisionError("float division by zero"), 2),
+                                       (MemoryError(), 2), (KeyboardInterrupt(), 130)],
+                         ids=["bug", "memory", "ctrl-c"])
+@pytest.mark.parametrize("mode", ["images", "pairs"])
+def test_any_failure_exits_2_with_one_line_and_json(capsys, monkeypatch, model, pairs_dir, exc, code, mode):
+    def boom(self, paths, desc=""):
+        raise exc
+
+    monkeypatch.setattr("engine.embedder.Embedder.embed_paths", boom)
+    a, b = pairs_dir / "images/00000003/0.jpg", pairs_dir / "images/00000003/1.jpg"
+    args = [a, b] if mode == "images" else ["--pairs", pairs_dir]
+    got, out, err = run(capsys, *args, "--model", model, "--json")
+    assert got == code  # never 1: in two-image mode that means "not the same person"
+    assert "Traceback" not in err and len(_error_lines(err)) == 1
+    message = _strict_json(out)["error"]
+    assert list(_strict_json(out)) == ["error"] and "\n" not in message
+    assert message == "interrupted" if code == 130 else str(a if mode == "images" else pairs_dir) in message
+
+
+@pytest.mark.parametrize("value", ['"0.5"', "[0.5]", "true", "NaN", "5.0", "Infinity"])
+def test_bad_threshold_in_model_json_is_refused_naming_file_and_key(capsys, tmp_path, pairs_dir, value):
+    from tiny_model import copy_model
+
+    folder = copy_model(tmp_path / "m")
+    config = json.loads((folder / "model.json").read_text())
+    text = json.dumps(config).replace('"threshold": 0.5', f'"threshold": {value}')
+    assert text != json.dumps(config)
+    (folder / "model.json").write_text(text)
+    face = pairs_dir / "images/00000003/0.jpg"
+    code, out, err = run(capsys, face, face, "--model", folder, "--json")
+    assert code == 2 and "Traceback" not in err
+    message = _strict_json(out)["error"]
+    assert message.startswith(f"{folder / 'model.json'}: threshold must be") and "[-1, 1]" in message
+
+
+@pytest.mark.parametrize("bad", [np.nan, 0.0], ids=["nan", "zero"])
+def test_non_finite_similarity_is_an_error_never_nan_json(capsys, monkeypatch, model, pairs_dir, tmp_path, bad):
+    from engine.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    monkeypatch.setattr(OnnxRuntimeBackend, "_infer", lambda self, batch: np.full((len(batch), 16), bad, np.float32))
+    a, b = pairs_dir / "images/00000003/0.jpg", pairs_dir / "images/00000003/1.jpg"
+    code, out, err = run(capsys, a, b, "--model", model, "--backend", "onnxruntime", "--json")
+    assert code == 2 and "similarity is nan" in _strict_json(out)["error"]
+    code, out, err = run(capsys, "--pairs", pairs_dir, "--model", model, "--backend", "onnxruntime", "--json",
+                         "--out", tmp_path / "sub.csv", "--bootstrap", "0")
+    assert code == 2 and "similarity is nan" in _strict_json(out)["error"] and len(_error_lines(err)) == 1
+    assert not (tmp_path / "sub.csv").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["a.jpg", "b.jpg", "--threshold", "abc"], "argument --threshold: invalid float value: 'abc'"),
+    (["a.jpg", "b.jpg", "--batch-size", "0"], "--batch-size must be >= 1"),
+    (["a.jpg", "b.jpg", "--workers", "-1"], "--workers must be >= 1"),
+    (["a.jpg", "b.jpg", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+])
+def test_argument_errors_are_json_too(capsys, argv, message):
+    code, out, err = run(capsys, *argv, "--json")
+    assert code == 2 and message in _strict_json(out)["error"] and len(_error_lines(err)) == 1
+
+
+def test_batch_size_over_the_cpu_limit_is_refused_before_the_backend_opens(capsys, model, pairs_dir):
+    from engine.verify import MAX_CPU_BATCH
+
+    face = pairs_dir / "images/00000003/0.jpg"
+    code, _, err = run(capsys, face, face, "--model", model, "--backend", "onnxruntime",
+                       "--batch-size", MAX_CPU_BATCH + 1)
+    assert code == 2 and f"--batch-size {MAX_CPU_BATCH + 1} is over the limit for the onnxruntime backend" in err
+    assert "backend onnxruntime (" not in err  # refused before opening it, let alone embedding
+
+
+def test_batch_size_over_what_the_opened_backend_takes_is_refused(capsys, monkeypatch, model, pairs_dir):
+    import engine.backends
+
+    real = engine.backends.open_backend
+
+    def capped(*args, max_batch=None, **kw):  # a backend whose limit is its own, like a plan's profile
+        return real(*args, max_batch=4, **kw)
+
+    monkeypatch.setattr(engine.backends, "open_backend", capped)
+    monkeypatch.setattr("engine.embedder.Embedder.embed_paths", lambda *a, **k: pytest.fail("embedded"))
+    face = pairs_dir / "images/00000003/0.jpg"
+    code, _, err = run(capsys, face, face, "--model", model, "--backend", "onnxruntime", "--batch-size", 8)
+    assert code == 2 and "--batch-size 8 is more than the onnxruntime backend takes (4" in err
+
+
+def test_batch_size_over_a_plans_profile_is_refused(tmp_path):
+    from engine.verify import UsageError, check_batch_size
+    from tiny_model import copy_model
+
+    folder = copy_model(tmp_path / "m", files=("model.json",))
+    (folder / "model.fp16.plan").write_bytes(b"not read")
+    (folder / "model.fp16.plan.json").write_text(json.dumps(
+        {"precision": "fp16", "profile": {"input": "images", "min": [1, 32, 32, 3], "opt": [8, 32, 32, 3],
+                                          "max": [16, 32, 32, 3]}}))
+    check_batch_size(16, folder, "tensorrt", None)
+    with pytest.raises(UsageError, match=r"--batch-size 17 is over the profile maximum of .*model.fp16.plan \(16\)"):
+        check_batch_size(17, folder, "tensorrt", None)
+
+
+def _read_only(path: Path) -> Path:
+    path.mkdir(exist_ok=True)
+    path.chmod(0o555)
+    if os.access(path, os.W_OK):
+        pytest.skip("running as root: a read-only folder is still writable, the case cannot happen")
+    return path
+
+
+@pytest.mark.parametrize("case", ["out in missing folder", "out is a folder", "out in read-only folder",
+                                  "cache is a file", "cache is /dev/null", "cache in read-only folder",
+                                  "report is a file"])
+def test_output_paths_are_refused_before_any_image_is_embedded(capsys, monkeypatch, model, pairs_dir, tmp_path,
+                                                               case):
+    (tmp_path / "file.txt").write_text("x")
+    flag, target = {
+        "out in missing folder": ("--out", tmp_path / "missing" / "sub.csv"),
+        "out is a folder": ("--out", tmp_path),
+        "out in read-only folder": ("--out", (tmp_path / "ro", "sub.csv")),
+        "cache is a file": ("--cache", tmp_path / "file.txt"),
+        "cache is /dev/null": ("--cache", Path(os.devnull)),
+        "cache in read-only folder": ("--cache", (tmp_path / "ro", "cache")),
+        "report is a file": ("--report", tmp_path / "file.txt"),
+    }[case]
+    if isinstance(target, tuple):
+        target = _read_only(target[0]) / target[1]
+    monkeypatch.setattr("engine.embedder.Embedder.embed_paths", lambda *a, **k: pytest.fail("embedded first"))
+    code, out, err = run(capsys, "--pairs", pairs_dir, flag, target, "--model", model, "--json")
+    assert code == 2
+    message = _strict_json(out)["error"]
+    assert message.startswith(f"{flag} {target}: ") and ".tmp" not in message
+
+
+def test_image_path_that_is_not_a_file_says_what_it_is(capsys, model, pairs_dir, tmp_path):
+    face = pairs_dir / "images/00000003/0.jpg"
+    fifo, loop_a, loop_b = tmp_path / "pipe.jpg", tmp_path / "a.jpg", tmp_path / "b.jpg"
+    os.mkfifo(fifo)
+    loop_a.symlink_to(loop_b)
+    loop_b.symlink_to(loop_a)
+    for path, what in ((tmp_path, "is a directory"), (fifo, "is a FIFO (named pipe)"),
+                       (loop_a, "symlink loop")):
+        code, out, _ = run(capsys, path, face, "--model", model, "--json")
+        assert code == 2 and _strict_json(out)["error"].startswith(f"{path}: {what}")
+
+
+def _hdr_bomb(path: Path) -> Path:
+    """A Radiance HDR header claiming 16000x16000 (~3 GB of float pixels), named like a JPEG."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 16000 +X 16000\n" + b"\x02\x02\x3e\x80" * 64)
+    return path
+
+
+def _photo_pairs(root: Path, face_data: Path, n: int) -> Path:
+    """A pairs folder of real LFW photos (the detector finds their faces), for --align face."""
+    import shutil
+
+    people = sorted(p for p in (face_data / "lfw-deepfunneled").iterdir() if p.is_dir())[:2 * n]
+    for k in range(n):
+        for side, person in enumerate(people[2 * k:2 * k + 2]):
+            dst = root / "images" / f"{k * 7 + 3:08d}" / f"{side}.jpg"
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(sorted(person.iterdir())[0], dst)
+    return root
+
+
+@pytest.mark.parametrize("align", ["none", "face"])
+def test_strict_pairs_refuse_bombs_and_blank_images(capsys, request, model, tmp_path, align):
+    if align == "face":
+        folder = _photo_pairs(tmp_path / "p", request.getfixturevalue("face_data"), 3)
+    else:
+        folder = make_pairs(tmp_path / "p", 3, labels=False)
+    ids = sorted(p.name for p in (folder / "images").iterdir())
+    code, _, err = run(capsys, "--pairs", folder, "--model", model, "--strict", "--align", align)
+    assert code == 0, err  # the folder is usable as it is
+
+    kept = {name: (folder / "images" / ids[1] / name).read_bytes() for name in ("0.jpg", "1.jpg")}
+    for name in kept:  # two all-black images: must never be "the same person"
+        write_jpeg(folder / "images" / ids[1] / name, np.zeros((120, 120, 3), np.uint8))
+    blank = folder / "images" / ids[1] / "0.jpg"
+    why = "blank image" if align == "none" else "no face found"
+    code, _, err = run(capsys, "--pairs", folder, "--model", model, "--strict", "--align", align)
+    assert code == 2 and f"error: {blank}: {why}" in err
+    out_csv = tmp_path / "sub.csv"
+    code, _, err = run(capsys, "--pairs", folder, "--model", model, "--align", align, "--out", out_csv)
+    assert code == 0 and f"skipped image {blank}: {why}" in err
+    assert float(dict(read_submission(out_csv)[1])[ids[1]]) == FAILED_PAIR_SCORE
+
+    for name, data in kept.items():
+        (folder / "images" / ids[1] / name).write_bytes(data)
+    bomb = _hdr_bomb(folder / "images" / ids[2] / "0.jpg")
+    code, _, err = run(capsys, "--pairs", folder, "--model", model, "--strict", "--align", align)
+    assert code == 2 and f"error: {bomb}: image header says 16000x16000, over the" in err
 
 
 # ----------------------------------------------------------------------------- pairs folder

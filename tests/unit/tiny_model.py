@@ -56,20 +56,32 @@ def export_onnx(model, path: Path, size: int) -> Path:
 
 
 def quantize_int8(fp32: Path, out: Path, size: int, seed: int = 0) -> Path:
-    """INT8 Q/DQ ONNX by ONNX Runtime static quantisation (stand-in for ModelOpt's output)."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    """INT8 Q/DQ ONNX by ONNX Runtime static quantisation (stand-in for ModelOpt's output).
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            rng = np.random.default_rng(seed)
-            self.batches = iter([{"images": rng.integers(0, 256, (4, size, size, 3), dtype=np.uint8)}
-                                 for _ in range(4)])
+    Run in a fresh interpreter: once ModelOpt has quantised a model in this
+    process (convert tests), its patches to ONNX Runtime's quantisation
+    internals make ``quantize_static`` fail ("Quantization parameters are
+    not specified"), so the tiny model must not depend on test order.
+    """
+    import subprocess
+    import sys
 
-        def get_next(self):
-            return next(self.batches, None)
-
-    quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+    code = f"""
+import numpy as np
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+class Reader(CalibrationDataReader):
+    def __init__(self):
+        rng = np.random.default_rng({seed})
+        self.batches = iter([{{"images": rng.integers(0, 256, (4, {size}, {size}, 3), dtype=np.uint8)}}
+                             for _ in range(4)])
+    def get_next(self):
+        return next(self.batches, None)
+quantize_static({str(fp32)!r}, {str(out)!r}, Reader(), quant_format=QuantFormat.QDQ,
+                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        raise RuntimeError(f"ONNX Runtime quantisation of {fp32} failed:\n{done.stderr[-3000:]}")
     return out
 
 
