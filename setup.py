@@ -37,6 +37,9 @@ setup(
                     "onnxscript", "polygraphy>=0.53.4", "lief"],
         # Only to remake the shipped detector ONNX (python -m convert.detector), never at run time.
         "detector": ["tflite2onnx>=0.4.1"],
-        "dev": ["pytest>=8", "pytest-benchmark>=4", "scikit-learn>=1.3", "hypothesis>=6"],
+        # Serving through Triton (PyTriton ships tritonserver). PyTriton 0.7's stub needs NumPy 1.x: use its own venv.
+        "serve": ["nvidia-pytriton>=0.7", "tritonclient[http,grpc]>=2.50", "numpy<2"],
+        # tritonclient: the serving tests' client; they run the server itself from a NumPy-1 overlay venv.
+        "dev": ["pytest>=8", "pytest-benchmark>=4", "scikit-learn>=1.3", "hypothesis>=6", "tritonclient[http,grpc]>=2.50"],
     },
 )

@@ -258,3 +258,68 @@ def score_submission(submission_csv, labels_csv, out_dir=None, *, method: str = 
 
         write_report(result, out_dir, labels, scores, types)
     return result
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def main(argv=None) -> int:
+    """Score a Kryptonite submission against a label CSV; write the report folder."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(
+        prog="python -m engine.submission",
+        description="Score a submission CSV (pair_id,similarity) against a label CSV "
+                    "(pair_id,label[,type,attack]), joining on pair id; print the metrics "
+                    "and write metrics.json, metrics.md, roc.png, det.png, scores.png. "
+                    "The organisers' scorer pairs submission and label rows by position instead, "
+                    "so a warning says when the submission's row order differs from the labels' "
+                    "(engine.verify --out writes rows sorted by pair id, as their labels are).")
+    parser.add_argument("--submission", required=True, metavar="SUB.csv",
+                        help="submission CSV with header pair_id,similarity")
+    parser.add_argument("--labels", required=True, metavar="LABELS.csv",
+                        help="label CSV with header pair_id,label and optional type,attack columns "
+                             "(label 1 = two real images of the same person)")
+    parser.add_argument("--out", default=None, metavar="REPORT_DIR",
+                        help="folder for the report files (created; existing report files replaced); "
+                             "omit to only print the metrics")
+    from engine.metrics import METHODS
+
+    parser.add_argument("--method", choices=METHODS, default="interpolated",
+                        help="headline EER: 'interpolated' (between the two ROC points where FNR and "
+                             "FPR cross) or 'organiser' (the Kryptonite scorer exactly: FNR at the ROC point "
+                             "minimising |FNR-FPR| on scikit-learn's default ROC, i.e. roc_curve with "
+                             "drop_intermediate=True); both are always reported (default: %(default)s)")
+    parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                        help="bootstrap resamples for the 95%% EER confidence interval; 0 disables "
+                             "(default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap random seed (default: %(default)s)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="also report FAR/FRR/fake acceptance at this similarity threshold")
+    args = parser.parse_args(argv)
+    if args.bootstrap < 0:
+        parser.error(f"--bootstrap must be >= 0, got {args.bootstrap}")
+
+    import warnings
+
+    from engine.report import format_markdown
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            result = score_submission(args.submission, args.labels, args.out, method=args.method,
+                                      bootstrap=args.bootstrap, seed=args.seed, threshold=args.threshold)
+        except (ValueError, OSError) as exc:  # DataError is a ValueError
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        finally:
+            for w in caught:
+                print(f"warning: {w.message}", file=sys.stderr)
+    print(format_markdown(result), end="")
+    if args.out:
+        print(f"\nreport written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

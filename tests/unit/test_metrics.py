@@ -462,6 +462,9 @@ def test_bootstrap_organiser_follows_the_dropping_rule_exactly(pos, neg):
 
 # ------------------------------------------------- submission row order (positional scorer)
 
+from engine.submission import main as scorer_main  # noqa: E402  (the scorer CLI lives beside the submission reader)
+
+
 def _labels_and_submission(tmp_path, sub_order):
     labels_csv = tmp_path / "labels.csv"
     labels_csv.write_text("pair_id,label\n" + "".join(f"{k:08d},{k % 2}\n" for k in range(6)))
@@ -472,7 +475,7 @@ def _labels_and_submission(tmp_path, sub_order):
 
 def test_cli_warns_when_submission_rows_are_not_in_label_order(tmp_path, capsys):
     labels_csv, sub = _labels_and_submission(tmp_path, [1, 0, 2, 3, 4, 5])
-    assert M.main(["--submission", str(sub), "--labels", str(labels_csv), "--bootstrap", "0"]) == 0
+    assert scorer_main(["--submission", str(sub), "--labels", str(labels_csv), "--bootstrap", "0"]) == 0
     err = capsys.readouterr().err
     assert "rows are not in the order of" in err and "row 1: 00000001, labels: 00000000" in err
     assert "pairs rows by position" in err and len(err.strip().splitlines()) == 1
@@ -480,13 +483,13 @@ def test_cli_warns_when_submission_rows_are_not_in_label_order(tmp_path, capsys)
 
 def test_cli_quiet_when_submission_rows_follow_the_labels(tmp_path, capsys):
     labels_csv, sub = _labels_and_submission(tmp_path, range(6))
-    assert M.main(["--submission", str(sub), "--labels", str(labels_csv), "--bootstrap", "0"]) == 0
+    assert scorer_main(["--submission", str(sub), "--labels", str(labels_csv), "--bootstrap", "0"]) == 0
     assert "warning" not in capsys.readouterr().err
 
 
 def test_cli_help_documents_the_positional_scorer(capsys):
     with pytest.raises(SystemExit):
-        M.main(["--help"])
+        scorer_main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "by position" in text and "drop_intermediate" in text
 

@@ -1,4 +1,4 @@
-"""engine.submission and the ``python -m engine.metrics`` scorer CLI."""
+"""engine.submission and its ``python -m engine.submission`` scorer CLI."""
 from __future__ import annotations
 
 import json
@@ -163,7 +163,7 @@ def test_cli_scores_and_writes_report(tmp_path, capsys):
     labels_csv, ids, labels, scores, types = make_labels(tmp_path)
     sub = submission.write_submission(tmp_path / "sub.csv", ids, scores)
     out = tmp_path / "rep"
-    rc = metrics.main(["--submission", str(sub), "--labels", str(labels_csv), "--out", str(out),
+    rc = submission.main(["--submission", str(sub), "--labels", str(labels_csv), "--out", str(out),
                        "--method", "organiser", "--bootstrap", "50", "--seed", "3"])
     assert rc == 0
     printed = capsys.readouterr().out
@@ -179,7 +179,7 @@ def test_cli_bad_csv_exits_2_naming_file_and_line(tmp_path, capsys):
     labels_csv, *_ = make_labels(tmp_path)
     sub = tmp_path / "sub.csv"
     sub.write_text("pair_id,similarity\n00000007,0.5\n00000010,oops\n")
-    rc = metrics.main(["--submission", str(sub), "--labels", str(labels_csv), "--out", str(tmp_path / "rep")])
+    rc = submission.main(["--submission", str(sub), "--labels", str(labels_csv), "--out", str(tmp_path / "rep")])
     assert rc == 2
     err = capsys.readouterr().err
     assert f"error: {sub}:3: similarity 'oops' is not a number" in err
@@ -190,23 +190,23 @@ def test_cli_bad_label_csv_and_missing_file(tmp_path, capsys):
     labels_csv = tmp_path / "labels.csv"
     labels_csv.write_text("pair_id,label\n00000001,1\n00000002,yes\n")
     sub = submission.write_submission(tmp_path / "sub.csv", [1, 2], [0.5, 0.1])
-    assert metrics.main(["--submission", str(sub), "--labels", str(labels_csv)]) == 2
+    assert submission.main(["--submission", str(sub), "--labels", str(labels_csv)]) == 2
     assert f"{labels_csv}:3" in capsys.readouterr().err
-    assert metrics.main(["--submission", str(tmp_path / "nope.csv"), "--labels", str(labels_csv)]) == 2
+    assert submission.main(["--submission", str(tmp_path / "nope.csv"), "--labels", str(labels_csv)]) == 2
     assert "nope.csv: no such file" in capsys.readouterr().err
 
 
 def test_cli_argument_errors(capsys):
     with pytest.raises(SystemExit) as info:
-        metrics.main(["--submission", "a.csv", "--labels", "b.csv", "--method", "nearest"])
+        submission.main(["--submission", "a.csv", "--labels", "b.csv", "--method", "nearest"])
     assert info.value.code == 2
     with pytest.raises(SystemExit) as info:
-        metrics.main(["--submission", "a.csv", "--labels", "b.csv", "--bootstrap", "-1"])
+        submission.main(["--submission", "a.csv", "--labels", "b.csv", "--bootstrap", "-1"])
     assert info.value.code == 2
 
 
 def test_python_dash_m_help():
-    proc = subprocess.run([sys.executable, "-m", "engine.metrics", "--help"], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "engine.submission", "--help"], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     for flag in ("--submission", "--labels", "--out", "--method", "--bootstrap", "--seed", "--threshold"):
