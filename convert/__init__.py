@@ -253,7 +253,8 @@ def convert_checkpoint(checkpoint, out, *, precision=DEFAULT_PRECISIONS, engine:
 
         # ------------------------------------------------------------ threshold + model.json
         if pairs is not None:
-            threshold = report["variants"]["fp32"]["verification"]["eer_threshold"]
+            # An EER threshold of raw cosines can round past 1 (a collapsed model); the contract wants [-1, 1].
+            threshold = min(1.0, max(-1.0, report["variants"]["fp32"]["verification"]["eer_threshold"]))
             threshold_source = f"fp32 ONNX EER threshold on {len(pairs)} validation pairs ({val_pairs})"
         else:
             threshold = config.threshold

@@ -537,6 +537,8 @@ def train(config: TrainConfig, resume: bool = False, stop_after_steps: int = 0, 
         extra = {"run": config.name, "epoch": epoch,
                  **{k: metrics[k] for k in ("val_eer", "val_eer_real", "val_eer_fake") if k in metrics}}
         threshold = metrics.get("val_threshold")
+        if threshold is not None:  # rounding can put an EER threshold of cosines past 1; the contract wants [-1, 1]
+            threshold = min(1.0, max(-1.0, float(threshold)))
         mc = ModelConfig(**{**config.model_config().to_dict(), "threshold": threshold, "extra": extra})
         save_model(embedder, run_dir, mc)
 
