@@ -202,8 +202,15 @@ def open_detector(name: str = DEFAULT_DETECTOR, backend: str = "auto", threads: 
 
 
 def _io_shape(path: Path) -> tuple[int, int]:
-    """(input size, flat output width) read from the ONNX graph."""
-    import onnx
+    """(input size, flat output width) read from the ONNX graph (remembered: ``import onnx`` is slow)."""
+    from engine.cachedir import remembered
 
-    g = onnx.load(str(path), load_external_data=False).graph
-    return g.input[0].type.tensor_type.shape.dim[1].dim_value, g.output[0].type.tensor_type.shape.dim[1].dim_value
+    def read() -> dict:
+        import onnx
+
+        g = onnx.load(str(path), load_external_data=False).graph
+        return {"size": g.input[0].type.tensor_type.shape.dim[1].dim_value,
+                "dim": g.output[0].type.tensor_type.shape.dim[1].dim_value}
+
+    info = remembered("onnx-shapes", path, None, read, ("size", "dim"))
+    return int(info["size"]), int(info["dim"])

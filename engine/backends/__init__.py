@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,7 +93,25 @@ def _precision_from_graph(proto) -> str:
 
 
 def _read_onnx(path: Path, config: ModelConfig | None) -> tuple[ModelConfig | None, str]:
-    """Check an ONNX file against the contract; return (config, precision)."""
+    """Check an ONNX file against the contract; return (config, precision).
+
+    A passed check is remembered in the cache (keyed by the file's path, size
+    and mtime and the contract's names and sizes): ``import onnx`` alone costs
+    0.6-1 s of a two-image call, and a second call skips it.
+    """
+    from engine.cachedir import remembered
+
+    want = [config.input_name, config.output_name, config.input_size, config.embedding_dim] if config else None
+
+    def check() -> dict:
+        checked, precision = _check_onnx_file(path, config)
+        return {"input_size": checked.input_size, "embedding_dim": checked.embedding_dim, "precision": precision}
+
+    info = remembered("onnx-checks", path, want, check, ("input_size", "embedding_dim", "precision"))
+    return (config or ModelConfig(input_size=info["input_size"], embedding_dim=info["embedding_dim"])), info["precision"]
+
+
+def _check_onnx_file(path: Path, config: ModelConfig | None) -> tuple[ModelConfig, str]:
     import onnx
 
     from engine.contract import check_onnx

@@ -377,3 +377,30 @@ def test_an_automatic_precision_that_disagrees_falls_back(tmp_path, monkeypatch,
         with open_backend(folder, backend="openvino") as be:  # OpenVINO prefers int8: falls back to fp32
             assert be.precision == "fp32" and be.canary_cosine > 0.999
     assert "openvino int8 disagrees with FP32 on this machine (canary cosine 0.5000 < 0.98); using fp32" in caplog.text
+
+
+def test_remembered_answers_follow_the_file_and_survive_damage(tmp_path, monkeypatch):
+    import os
+
+    from engine.cachedir import remembered
+
+    monkeypatch.setenv("FAKEAWARE_CACHE_DIR", str(tmp_path / "cache"))
+    f = tmp_path / "m.onnx"
+    f.write_bytes(b"one")
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"n": len(calls)}
+
+    assert remembered("t", f, None, compute, ("n",)) == {"n": 1}
+    assert remembered("t", f, None, compute, ("n",)) == {"n": 1} and len(calls) == 1  # remembered
+    assert remembered("t", f, "other contract", compute, ("n",)) == {"n": 2}         # the key includes extra
+    f.write_bytes(b"changed")
+    os.utime(f, ns=(1, 10**18))
+    assert remembered("t", f, None, compute, ("n",)) == {"n": 3}                      # a changed file: again
+    for entry in (tmp_path / "cache" / "t").glob("*.json"):
+        entry.write_text("{broken")
+    assert remembered("t", f, None, compute, ("n",)) == {"n": 4}                      # damaged: recomputed
+    monkeypatch.setenv("FAKEAWARE_CACHE_DIR", "off")
+    assert remembered("t", f, None, compute, ("n",)) == {"n": 5}                      # off: always computed

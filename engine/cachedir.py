@@ -1,0 +1,58 @@
+"""Where the runtime keeps what makes a second call fast (compiled OpenVINO models, ONNX checks).
+
+``$FAKEAWARE_CACHE_DIR`` (default ``$XDG_CACHE_HOME`` or ``~/.cache``, then
+``fakeaware-faceverify``); ``FAKEAWARE_CACHE_DIR=off`` turns caching off. A
+folder that cannot be made or written means no cache, never a failure.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cache_dir(name: str) -> Path | None:
+    """The ``name`` sub-folder of the cache (created), or None when caching is off or impossible."""
+    root = os.environ.get("FAKEAWARE_CACHE_DIR", "")
+    if root.lower() in ("off", "0", "none"):
+        return None
+    base = Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fakeaware-faceverify"
+    folder = base / name
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None  # a read-only home: run without the cache rather than fail
+    return folder if os.access(folder, os.W_OK) else None
+
+
+def remembered(name: str, path: Path, extra, compute, keys: tuple[str, ...] = ()) -> dict:
+    """``compute()`` (a JSON-able dict about the file ``path``), remembered across processes.
+
+    Keyed by the file's resolved path, size and modification time plus
+    ``extra``, so a changed file is looked at again; a damaged entry (or one
+    without every key in ``keys``) is recomputed. For answers that are slow to get (``import onnx`` alone is
+    0.6-1 s) but fixed for a given file.
+    """
+    import hashlib
+    import json
+
+    st = Path(path).stat()
+    key = hashlib.sha256(json.dumps([str(Path(path).resolve()), st.st_size, st.st_mtime_ns, extra],
+                                    default=str).encode()).hexdigest()
+    folder = cache_dir(name)
+    entry = folder / f"{key}.json" if folder else None
+    if entry is not None and entry.is_file():
+        try:
+            value = json.loads(entry.read_text())
+            if isinstance(value, dict) and all(k in value for k in keys):
+                return value
+        except (OSError, ValueError):
+            pass
+    value = compute()
+    if entry is not None:
+        try:
+            tmp = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(value))
+            os.replace(tmp, entry)
+        except OSError:
+            pass
+    return value
