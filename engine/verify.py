@@ -168,8 +168,9 @@ def _run(image_a, image_b, *, pairs, out, labels, lfw, lfw_pairs, lfw_folds, rep
 
             _err(f"alignment {align} (asked for; the model's model.json says {be.config.align})")
             be.config = dataclasses.replace(be.config, align=align)
-        _err(f"backend {be.choice.backend} ({be.choice.precision}, {be.device}): {be.choice.reason}; "
-             f"model {be.source.path}")
+        runs = be.executed_precision
+        _err(f"backend {be.choice.backend} ({be.choice.precision}{'' if runs == be.precision else f', runs {runs}'}, "
+             f"{be.device}): {be.choice.reason}; model {be.source.path}")
         thr = threshold if threshold is not None else be.config.threshold
         embedder = Embedder(be, workers=workers, strict=strict, cache_dir=cache, batch_size=batch_size,
                             progress=progress)
@@ -245,7 +246,11 @@ def check_batch_size(batch_size: int, model, backend: str, precision: str | None
 
 
 def _describe(be) -> dict:
-    return {"backend": be.name, "precision": be.precision, "device": be.device, "model": str(be.source.path)}
+    out = {"backend": be.name, "precision": be.precision, "executed_precision": be.executed_precision,
+           "device": be.device, "model": str(be.source.path)}
+    if getattr(be, "canary_cosine", None) is not None:
+        out["canary_cosine"] = round(float(be.canary_cosine), 6)
+    return out
 
 
 def _two_images(embedder, image_a, image_b, thr, json_output) -> int:

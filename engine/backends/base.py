@@ -68,6 +68,11 @@ class Backend(abc.ABC):
             out[start:start + len(chunk)] = result
         return out
 
+    @property
+    def executed_precision(self) -> str:
+        """The arithmetic the runtime actually runs (read back where the runtime can change it)."""
+        return self.precision
+
     def describe(self) -> dict:
         """What runs: for logs, reports and the CLI's JSON."""
         return {"backend": self.name, "precision": self.precision, "device": self.device,

@@ -112,6 +112,13 @@ class OpenVinoBackend(Backend):
                 counts[info["primitiveType"].astype(str)] += 1
         return dict(counts.most_common())
 
+    @property
+    def executed_precision(self) -> str:
+        """From the compiled model: e.g. ``fp32`` when bf16 was asked for on a CPU without it,
+        ``int8+bf16`` for the Q/DQ file with a bf16 remainder."""
+        run = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(self.inference_precision, self.inference_precision)
+        return f"int8+{run}" if self.precision == "int8" else run
+
     def describe(self) -> dict:
         return {**super().describe(), "inference_precision": self.inference_precision,
                 "cache_dir": str(self.cache_dir) if self.cache_dir else None}

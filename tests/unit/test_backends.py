@@ -78,7 +78,7 @@ def _openvino_cpu_has_bf16() -> bool:
 def test_openvino_asks_for_f32_explicitly(model_dir):
     with open_backend(model_dir, backend="openvino", precision="fp32") as be:
         assert be.inference_precision == "f32"
-        assert be.describe()["inference_precision"] == "f32"
+        assert be.describe()["inference_precision"] == "f32" and be.executed_precision == "fp32"
 
 
 def test_openvino_bf16_on_request_where_the_cpu_has_it(model_dir):
@@ -87,9 +87,9 @@ def test_openvino_bf16_on_request_where_the_cpu_has_it(model_dir):
         assert be.model_path.name == "model.fp32.onnx"  # bf16 = the FP32 file under the bf16 hint
         if not _openvino_cpu_has_bf16():
             # AVX2-only CPUs: OpenVINO runs f32, and the backend must say so, not "bf16".
-            assert be.inference_precision == "f32"
+            assert be.inference_precision == "f32" and be.executed_precision == "fp32"
             pytest.skip("this CPU has no bf16 (OpenVINO OPTIMIZATION_CAPABILITIES lacks BF16); checked it reports f32")
-        assert be.inference_precision == "bf16"
+        assert be.inference_precision == "bf16" and be.executed_precision == "bf16"
 
 
 def test_openvino_caches_compiled_models_and_recompiles_a_changed_file(tmp_path, images):

@@ -69,6 +69,7 @@ def test_two_images_json(capsys, model, pairs_dir):
     assert info["match"] == (info["similarity"] >= 0.5)
     assert -1.0 <= info["similarity"] <= 1.0
     assert (info["backend"], info["precision"], info["model"]) == ("onnxruntime", "fp32", model)
+    assert info["executed_precision"] == "fp32"  # what the runtime runs, not only what was asked for
     assert info["image_a"] == str(a)
 
 
