@@ -194,8 +194,28 @@ def _config_from_onnx(onnx_path: Path) -> ModelConfig:
     beside = onnx_path.with_name("model.json")
     if beside.is_file():
         return ModelConfig.load(beside)
-    info = check_onnx(onnx_path)
-    return ModelConfig(input_size=info["input_size"], embedding_dim=info["embedding_dim"])
+    # No model.json (e.g. the face detector): take the I/O names from the graph; check_onnx
+    # still holds it to the rest of the contract (uint8 NHWC in, dynamic batch, float32 (B, D) out).
+    import onnx
+
+    try:
+        graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    except Exception as exc:  # protobuf raises several types for garbage
+        raise ContractError(f"{onnx_path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+    inits = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in inits]
+    if len(inputs) != 1 or len(graph.output) != 1:
+        info = check_onnx(onnx_path)  # says what is wrong
+        return ModelConfig(input_size=info["input_size"], embedding_dim=info["embedding_dim"])
+    inp, out = inputs[0], graph.output[0]
+    in_dims, out_dims = inp.type.tensor_type.shape.dim, out.type.tensor_type.shape.dim
+    try:
+        config = ModelConfig(input_name=inp.name, output_name=out.name, input_size=in_dims[1].dim_value,
+                             embedding_dim=out_dims[1].dim_value)
+    except (ContractError, IndexError) as exc:
+        raise ContractError(f"{onnx_path}: off the contract ({exc})") from None
+    check_onnx(onnx_path, config)
+    return config
 
 
 def _write_bytes_atomic(path: Path, data) -> None:

@@ -364,3 +364,18 @@ def test_bad_options(fake, tmp_path):
         tb.build_engine(onnx_path, config=CONFIG, opt_level=9)
     with pytest.raises(ContractError, match="input size 32, model.json says 64"):
         tb.build_engine(onnx_path, config=ModelConfig(arch="resnet18", input_size=64, embedding_dim=16))
+
+
+def test_the_face_detector_builds_with_its_own_io_names(fake, tmp_path):
+    """No model.json beside the detector: the plan's contract comes from its graph (192 px, 'detections')."""
+    import shutil
+
+    from engine.detect import detector_path
+
+    rec = fake()
+    onnx_path = tmp_path / "blazeface_full_range.onnx"
+    shutil.copy(detector_path(), onnx_path)
+    sidecar = tb.build_engine(onnx_path, precision="fp32", max_batch=8, timing_cache=None)
+    assert (tmp_path / "blazeface_full_range.plan").is_file()  # where open_detector(backend="tensorrt") looks
+    assert rec["profile"] == ("images", (1, 192, 192, 3), (8, 192, 192, 3), (8, 192, 192, 3))
+    assert sidecar["output"]["name"] == "detections" and sidecar["output"]["shape"] == [-1, 2304 * 17]

@@ -1,0 +1,289 @@
+// faceverify: the C++ twin of `python -m engine.verify IMG_A IMG_B`, over the C API.
+//
+//   faceverify A.jpg B.jpg [--json] [--model DIR] [--backend auto|openvino|tensorrt]
+//              [--precision fp32|fp16|int8|bf16] [--threshold T] [--dump-embeddings FILE]
+//   faceverify --embed IMG... [--json] [--dump-embeddings FILE] [--dump-crops DIR] [...]
+//
+// Exit codes as engine.verify: two images: 0 same person, 1 not the same person,
+// 2 error (one line naming the input and the problem; {"error": ...} with --json).
+// --embed: 0 every image embedded, 2 otherwise.
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "faceverify.h"
+
+namespace {
+
+using nlohmann::json;
+
+constexpr int EXIT_MATCH = 0, EXIT_NO_MATCH = 1, EXIT_ERROR = 2;
+const char* const KEYPOINTS[] = {"left_eye", "right_eye", "nose", "mouth", "left_ear", "right_ear"};
+
+const char* const USAGE =
+    "usage: faceverify IMG_A IMG_B [--json] [--model DIR] [--backend auto|openvino|tensorrt]\n"
+    "                  [--precision fp32|fp16|int8|bf16] [--threshold T] [--dump-embeddings FILE]\n"
+    "       faceverify --embed IMG... [--json] [--dump-embeddings FILE] [--dump-crops DIR] [options]\n"
+    "\n"
+    "Face verification with the deepfake-aware model: the C++ runner of `python -m engine.verify`,\n"
+    "same model folder, same preprocessing, same threshold.\n"
+    "\n"
+    "  --model DIR            model folder from `python -m convert` (default: the bundled model)\n"
+    "  --backend B            auto = TensorRT when built, a plan and a GPU are present, else OpenVINO\n"
+    "  --precision P          which model file runs (default: int8 when present)\n"
+    "  --threshold T          decision threshold on cosine similarity (default: model.json's)\n"
+    "  --json                 one JSON object on stdout (errors too, as {\"error\": ...})\n"
+    "  --embed IMG...         embed many images, print throughput (no decision)\n"
+    "  --dump-embeddings FILE write every embedding (and the face used) as JSON\n"
+    "  --dump-crops DIR       with --embed: write each model input as DIR/<index>.ppm\n"
+    "  --version              the version and the backends this build has\n"
+    "\n"
+    "Exit codes: two images: 0 same person, 1 not the same person, 2 error; --embed: 0 all embedded, 2 otherwise.\n";
+
+struct UsageError {
+    std::string message;
+};
+
+struct Args {
+    std::vector<std::string> images;
+    bool json_output = false, embed = false, help = false, version = false;
+    std::string model, backend = "auto", precision, dump_embeddings, dump_crops;
+    bool has_threshold = false;
+    double threshold = 0;
+};
+
+Args parse(int argc, char** argv) {
+    Args a;
+    auto value = [&](int& i, const char* flag) {
+        if (i + 1 >= argc) throw UsageError{std::string("argument ") + flag + ": expected one argument"};
+        return std::string(argv[++i]);
+    };
+    for (int i = 1; i < argc; ++i) {
+        std::string arg = argv[i];
+        if (arg == "--json") a.json_output = true;
+        else if (arg == "--embed") a.embed = true;
+        else if (arg == "-h" || arg == "--help") a.help = true;
+        else if (arg == "--version") a.version = true;
+        else if (arg == "--model") a.model = value(i, "--model");
+        else if (arg == "--backend") a.backend = value(i, "--backend");
+        else if (arg == "--precision") a.precision = value(i, "--precision");
+        else if (arg == "--dump-embeddings") a.dump_embeddings = value(i, "--dump-embeddings");
+        else if (arg == "--dump-crops") a.dump_crops = value(i, "--dump-crops");
+        else if (arg == "--threshold") {
+            std::string t = value(i, "--threshold");
+            char* end = nullptr;
+            a.threshold = std::strtod(t.c_str(), &end);
+            if (t.empty() || *end || !std::isfinite(a.threshold))
+                throw UsageError{"--threshold must be a finite number, got '" + t + "'"};
+            a.has_threshold = true;
+        } else if (arg.size() > 1 && arg[0] == '-' && arg != "-") {
+            throw UsageError{"unrecognized arguments: " + arg};
+        } else {
+            a.images.push_back(arg);
+        }
+    }
+    if (a.help || a.version) return a;
+    if (a.backend != "auto" && a.backend != "openvino" && a.backend != "tensorrt")
+        throw UsageError{"argument --backend: invalid choice: '" + a.backend + "' (choose from auto, openvino, tensorrt)"};
+    if (!a.precision.empty() && a.precision != "fp32" && a.precision != "fp16" && a.precision != "int8" &&
+        a.precision != "bf16")
+        throw UsageError{"argument --precision: invalid choice: '" + a.precision +
+                         "' (choose from fp32, fp16, int8, bf16)"};
+    if (a.embed && a.images.empty()) throw UsageError{"--embed needs at least one image"};
+    if (!a.embed && a.images.size() != 2)
+        throw UsageError{a.images.size() == 1 ? "two images are needed: IMG_A IMG_B"
+                                              : "give two images (IMG_A IMG_B) or --embed IMG..."};
+    if (!a.dump_crops.empty() && !a.embed) throw UsageError{"--dump-crops goes with --embed"};
+    return a;
+}
+
+void err(const std::string& message) { std::fprintf(stderr, "faceverify: %s\n", message.c_str()); }
+
+int fail(const std::string& message, bool json_output) {
+    std::string line;
+    for (char ch : message) line += (ch == '\n' || ch == '\r') ? ' ' : ch;  // one line
+    err("error: " + line);
+    if (json_output) std::printf("%s\n", json({{"error", line}}).dump().c_str());
+    return EXIT_ERROR;
+}
+
+double round_to(double x, int digits) {  // Python's round(x, digits) for the JSON
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%.*f", digits, x);
+    return std::strtod(buf, nullptr);
+}
+
+json face_json(const fv_face& f) {
+    json kps = json::object();
+    for (int k = 0; k < 6; ++k)
+        kps[KEYPOINTS[k]] = {round_to(f.keypoints[2 * k], 1), round_to(f.keypoints[2 * k + 1], 1)};
+    return {{"faces", f.faces},
+            {"face",
+             {{"box", {round_to(f.box[0], 1), round_to(f.box[1], 1), round_to(f.box[2], 1), round_to(f.box[3], 1)}},
+              {"score", round_to(f.score, 4)},
+              {"size", round_to(f.size, 1)},
+              {"keypoints", kps}}}};
+}
+
+std::vector<std::string> lines(const std::string& text) {
+    std::vector<std::string> out;
+    size_t start = 0, end;
+    while ((end = text.find('\n', start)) != std::string::npos) {
+        if (end > start) out.push_back(text.substr(start, end - start));
+        start = end + 1;
+    }
+    if (start < text.size()) out.push_back(text.substr(start));
+    return out;
+}
+
+json describe(const fv_handle* h) {
+    return {{"backend", fv_backend(h)}, {"precision", fv_precision(h)}, {"device", fv_device(h)},
+            {"model", fv_model_dir(h)}};
+}
+
+void write_embeddings(const std::string& file, fv_handle* h, const std::vector<std::string>& images,
+                      const std::vector<float>& emb) {
+    const int dim = fv_embedding_dim(h);
+    json rows = json::array();
+    for (size_t i = 0; i < images.size(); ++i) {
+        json row = {{"path", images[i]}};
+        const float* e = emb.data() + i * dim;
+        if (std::isfinite(e[0])) row["embedding"] = std::vector<float>(e, e + dim);
+        else row["embedding"] = nullptr;
+        fv_face f{};
+        if (fv_last_face(h, static_cast<int>(i), &f) == 0 && f.faces > 0) row["detection"] = face_json(f);
+        rows.push_back(row);
+    }
+    json doc = describe(h);
+    doc["dim"] = dim;
+    doc["images"] = rows;
+    std::ofstream out(file);
+    out << doc.dump() << "\n";
+    if (!out) throw std::runtime_error(file + ": cannot write the embeddings");
+}
+
+bool write_ppm(const std::string& path, const std::vector<uint8_t>& rgb, int size) {
+    std::ofstream out(path, std::ios::binary);
+    out << "P6\n" << size << " " << size << "\n255\n";
+    out.write(reinterpret_cast<const char*>(rgb.data()), static_cast<std::streamsize>(rgb.size()));
+    return static_cast<bool>(out);
+}
+
+int two_images(fv_handle* h, const Args& a) {
+    const int dim = fv_embedding_dim(h);
+    std::vector<float> emb(2 * static_cast<size_t>(dim));
+    const char* paths[2] = {a.images[0].c_str(), a.images[1].c_str()};
+    int rc = fv_embed(h, paths, 2, emb.data());
+    if (rc != 0) return fail(fv_last_error(), a.json_output);
+    std::vector<std::string> warnings = lines(fv_last_warnings(h));
+    for (const auto& w : warnings) err("warning: " + w);
+    if (!a.dump_embeddings.empty()) write_embeddings(a.dump_embeddings, h, a.images, emb);
+    double sim = fv_similarity(emb.data(), emb.data() + dim, dim);
+    if (!std::isfinite(sim))
+        return fail(a.images[0] + ", " + a.images[1] + ": similarity is nan: the model returned a zero or "
+                    "non-finite embedding", a.json_output);
+    double thr = 0;
+    bool has_thr = a.has_threshold ? (thr = a.threshold, true) : fv_threshold(h, &thr) == 1;
+    bool match = has_thr && sim >= thr;
+    const std::string no_threshold = "no decision threshold: the model's model.json has none; pass --threshold";
+    if (a.json_output) {
+        json info = {{"similarity", sim}, {"match", has_thr ? json(match) : json(nullptr)},
+                     {"threshold", has_thr ? json(thr) : json(nullptr)}};
+        info.update(describe(h));
+        info["image_a"] = a.images[0];
+        info["image_b"] = a.images[1];
+        fv_face fa{}, fb{};
+        if (fv_last_face(h, 0, &fa) == 0 && fv_last_face(h, 1, &fb) == 0 && (fa.faces || fb.faces))
+            info["detection"] = {{"image_a", face_json(fa)}, {"image_b", face_json(fb)}};
+        if (!warnings.empty()) info["warnings"] = warnings;
+        if (!has_thr) info["error"] = no_threshold;
+        std::printf("%s\n", info.dump().c_str());
+    } else {
+        std::printf("similarity: %.4f\n", sim);
+        if (!has_thr)
+            std::printf("decision:   none (no threshold: the model has none calibrated; pass --threshold)\n");
+        else
+            std::printf("decision:   %s (threshold %.4f)\n", match ? "same person" : "different people (or a fake)",
+                        thr);
+    }
+    if (!has_thr) {
+        err("error: " + no_threshold);
+        return EXIT_ERROR;
+    }
+    return match ? EXIT_MATCH : EXIT_NO_MATCH;
+}
+
+int embed_many(fv_handle* h, const Args& a) {
+    const int dim = fv_embedding_dim(h), n = static_cast<int>(a.images.size());
+    std::vector<const char*> paths;
+    for (const auto& p : a.images) paths.push_back(p.c_str());
+    std::vector<float> emb(static_cast<size_t>(n) * dim);
+    auto start = std::chrono::steady_clock::now();
+    int rc = fv_embed(h, paths.data(), n, emb.data());
+    double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    std::string failures = rc != 0 ? fv_last_error() : "";
+    if (!failures.empty()) err("skipped images: " + failures);
+    for (const auto& w : lines(fv_last_warnings(h))) err("warning: " + w);
+    int failed = 0;
+    for (int i = 0; i < n; ++i) failed += std::isfinite(emb[static_cast<size_t>(i) * dim]) ? 0 : 1;
+    if (!a.dump_embeddings.empty()) write_embeddings(a.dump_embeddings, h, a.images, emb);
+    if (!a.dump_crops.empty()) {
+        std::vector<uint8_t> crop(static_cast<size_t>(fv_input_size(h)) * fv_input_size(h) * 3);
+        for (int i = 0; i < n; ++i)
+            if (fv_prepare(h, paths[i], crop.data(), nullptr) == 0 &&
+                !write_ppm(a.dump_crops + "/" + std::to_string(i) + ".ppm", crop, fv_input_size(h)))
+                throw std::runtime_error(a.dump_crops + ": cannot write the crops");
+    }
+    double rate = seconds > 0 ? (n - failed) / seconds : 0;
+    if (a.json_output) {
+        json info = {{"images", n}, {"images_failed", failed}, {"seconds", seconds}, {"images_per_s", rate}};
+        info.update(describe(h));
+        if (!failures.empty()) info["error"] = failures;
+        std::printf("%s\n", info.dump().c_str());
+    } else {
+        std::printf("%d images (%d failed) in %.3f s: %.1f images/s (%s, %s)\n", n, failed, seconds, rate,
+                    fv_backend(h), fv_precision(h));
+    }
+    return failed ? EXIT_ERROR : EXIT_MATCH;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    bool json_output = false;
+    for (int i = 1; i < argc; ++i) json_output |= std::strcmp(argv[i], "--json") == 0;
+    Args a;
+    try {
+        a = parse(argc, argv);
+    } catch (const UsageError& e) {
+        return fail(e.message + " (see --help)", json_output);
+    }
+    if (a.help) {
+        std::fputs(USAGE, stdout);
+        return 0;
+    }
+    if (a.version) {
+        std::printf("%s\n", fv_build_info());
+        return 0;
+    }
+    fv_handle* h = fv_open(a.model.empty() ? nullptr : a.model.c_str(), a.backend.c_str(),
+                           a.precision.empty() ? nullptr : a.precision.c_str());
+    if (!h) return fail(fv_last_error(), a.json_output);
+    err(std::string("backend ") + fv_backend(h) + " (" + fv_precision(h) + ", " + fv_device(h) +
+        "): " + fv_choice_reason(h) + "; model " + fv_model_dir(h));
+    int rc;
+    try {
+        rc = a.embed ? embed_many(h, a) : two_images(h, a);
+    } catch (const std::exception& e) {  // output files: still one line and exit 2, never 1
+        rc = fail(e.what(), a.json_output);
+    }
+    fv_close(h);
+    return rc;
+}

@@ -1,0 +1,153 @@
+// Internal C++ API of the faceverify library: the pieces of engine/ re-done in
+// C++ (model.json contract, decode, detect, align, backends), exposed here so
+// the unit tests can reach them. Nothing here crosses the C boundary: errors
+// are fv::Error exceptions, caught in faceverify.cpp.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <opencv2/core.hpp>
+
+namespace fv {
+
+// The one error type; the message names the input and the problem (one line).
+struct Error : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+// A photo the detector found no (upright) face in: engine.preprocess.NoFaceError.
+struct NoFace : Error {
+    using Error::Error;
+};
+
+// ------------------------------------------------------------- model.json (engine/contract.py)
+
+struct ModelConfig {
+    int input_size = 112;
+    double crop_fraction = 1.0;
+    std::string align = "none";  // "face" | "none"
+    std::string detector = "blazeface_full_range";
+    std::array<std::array<double, 2>, 4> template_pts{};  // at the 112 px reference size
+    std::string template_name = "arcface";                // "" when given as points
+    double margin = 0.0;
+    double min_face = 16.0;
+    int embedding_dim = 512;
+    std::string input_name = "images";
+    std::string output_name = "embeddings";
+    bool has_threshold = false;
+    double threshold = 0.0;
+};
+
+// Parse and check model.json text as engine.contract.ModelConfig does (unknown
+// keys, types, ranges); `source` names the file in messages.
+ModelConfig parse_model_config(const std::string& text, const std::string& source);
+ModelConfig load_model_config(const std::string& path);
+// The named templates of engine/align.py (TEMPLATES); throws for an unknown name.
+std::array<std::array<double, 2>, 4> named_template(const std::string& name);
+
+// ------------------------------------------------------------- TensorRT plan sidecar (tensorrt_backend.py)
+
+struct RunningTensorRT {
+    std::string tensorrt_version;    // "10.3.0"
+    std::string gpu_name;            // cudaDeviceProp::name
+    std::string compute_capability;  // "8.7"
+};
+// Refuse a plan whose sidecar names another TensorRT version or GPU, as
+// engine.backends.tensorrt_backend.check_plan_sidecar does (same rules, same
+// wording). Throws Error listing every mismatch; `source` names the sidecar.
+void check_plan_sidecar(const std::string& sidecar_json, const RunningTensorRT& running, const std::string& source);
+// The sidecar text of `plan_path` (plan_path + ".json"), checked to be a JSON object.
+std::string read_sidecar(const std::string& plan_path);
+// The sidecar's build_flags.dla_core (or top-level dla_core); -1 when none.
+int sidecar_dla_core(const std::string& sidecar_json);
+
+// ------------------------------------------------------------- files and decoding (engine/preprocess.py)
+
+constexpr long long MAX_PIXELS = 50000000;
+constexpr long long MAX_FILE_BYTES = 256LL * 1024 * 1024;
+constexpr int MIN_SOURCE_SIDE = 8;
+constexpr int BLANK_LEVELS = 2;
+
+std::string thousands(long long n);  // 50000000 -> "50,000,000" (Python's {:,})
+std::vector<uint8_t> read_file(const std::string& path);
+// Signature sniffing as engine.preprocess.image_format; "" when none matches.
+std::string image_format(const std::vector<uint8_t>& data);
+// Width, height from the header, before any pixel is decoded.
+std::pair<long long, long long> header_size(const std::vector<uint8_t>& data, const std::string& fmt,
+                                            const std::string& source);
+bool truncated_jpeg(const std::vector<uint8_t>& data);
+cv::Mat decode(const std::vector<uint8_t>& data, const std::string& source);  // 8-bit RGB, CV_8UC3
+cv::Mat centre_crop(const cv::Mat& rgb, int size, double crop_fraction, const std::string& source);
+bool is_blank(const cv::Mat& rgb);
+void check_rgb(const cv::Mat& rgb, const std::string& source);
+
+// ------------------------------------------------------------- faces (engine/detect.py, engine/align.py)
+
+constexpr int DETECTION_VALUES = 17;
+
+struct Face {
+    std::array<float, 4> box{};        // x0, y0, x1, y1 in source pixels
+    float score = 0.f;
+    std::array<float, 12> keypoints{};  // 6 x (x, y): eyes, nose, mouth, ears
+    float size() const;                 // eye-to-mouth span in pixels
+    bool upright() const;
+};
+
+struct Letterbox {
+    cv::Mat square;
+    double scale = 1, pad_x = 0, pad_y = 0;
+};
+Letterbox letterbox(const cv::Mat& rgb, int size);
+// rows: K x 17 (cx, cy, w, h, 6 keypoints, score); returns blended rows, best score first.
+std::vector<std::array<float, 17>> weighted_nms(std::vector<std::array<float, 17>> rows, float iou_threshold);
+// One image's raw detector output (anchors x 17) -> faces in source pixels.
+std::vector<Face> decode_faces(const float* raw, int anchors, int detector_size, const Letterbox& box,
+                               float score_threshold = 0.5f, float iou_threshold = 0.3f);
+// Index of the face the photo is about (engine.preprocess.main_face).
+size_t main_face(const std::vector<Face>& faces, int width, int height);
+
+using Points4 = std::array<std::array<double, 2>, 4>;
+Points4 template_points(const Points4& reference, int size, double margin);
+// 2x3 least-squares similarity mapping src onto dst (Umeyama, no reflection), row-major.
+std::array<double, 6> similarity_transform(const double* src, const double* dst, int n);
+cv::Mat warp(const cv::Mat& rgb, const std::array<double, 6>& matrix, int size);
+// The size x size view of an 8-bit RGB image through `forward` (source -> output), bilinear, black outside.
+cv::Mat warp_affine_linear(const cv::Mat& src, const std::array<double, 6>& forward, int size);
+
+// ------------------------------------------------------------- backends
+
+// A compiled network with the contract's shape: uint8 NHWC (B, S, S, 3) in,
+// float32 (B, D) out. One thread at a time, as the Python backends.
+class Runner {
+public:
+    virtual ~Runner() = default;
+    virtual int input_size() const = 0;
+    virtual int output_dim() const = 0;
+    virtual int max_batch() const = 0;
+    virtual std::string device() const = 0;
+    // n <= max_batch() images -> n x output_dim() floats.
+    virtual void run(const uint8_t* images, int n, float* out) = 0;
+};
+
+bool openvino_built();
+bool tensorrt_built();
+// precision: fp32|fp16|int8|bf16 (the hint engine/backends/openvino_backend.py sets); threads 0 = all cores.
+std::unique_ptr<Runner> open_openvino(const std::string& onnx_path, const std::string& input_name,
+                                      const std::string& output_name, const std::string& precision, int threads,
+                                      int max_batch);
+// plan + plan.json sidecar, checked before TensorRT sees the bytes.
+std::unique_ptr<Runner> open_tensorrt(const std::string& plan_path, const std::string& input_name,
+                                      const std::string& output_name, int device);
+// How many CUDA devices answer (0 without TensorRT support or a driver), and why not.
+int cuda_device_count(std::string* why);
+
+// The default OpenVINO compiled-model cache folder, as default_cache_dir() in
+// openvino_backend.py ($FAKEAWARE_CACHE_DIR, off/0/none = no cache); "" = none.
+std::string openvino_cache_dir();
+int cpu_cores();
+
+}  // namespace fv
