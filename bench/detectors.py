@@ -12,7 +12,6 @@ faces found, and faces found after padding each photo with 300 px of grey
 from __future__ import annotations
 
 import argparse
-import random
 import sys
 import time
 from pathlib import Path
@@ -53,13 +52,14 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=32, help="batch size of the batched pass (default 32)")
     p.add_argument("--onnx", action="append", default=[], help="another detector ONNX to compare (repeatable)")
     args = p.parse_args(argv)
-    files = sorted(f for f in Path(args.images).rglob("*") if f.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    from training.template import sample_photos
+
+    files = sample_photos(args.images, args.count, seed=1)
     if not files:
         print(f"error: {args.images}: no .jpg/.png images", file=sys.stderr)
         return 2
-    random.Random(1).shuffle(files)
     try:
-        images = [decode(f.read_bytes(), str(f)) for f in files[:args.count]]
+        images = [decode(f.read_bytes(), str(f)) for f in files]
     except (ImageError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -18,6 +18,13 @@ from pathlib import Path
 import numpy as np
 
 
+def sample_photos(folder, count: int, seed: int) -> list[Path]:
+    """``count`` photos (.jpg/.png, recursive) of ``folder``, a seeded random draw in a fixed order."""
+    files = sorted(f for f in Path(folder).rglob("*") if f.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    random.Random(seed).shuffle(files)
+    return files[:count]
+
+
 def measure_template(images: list[Path], crop_fraction: float, size: int = 112) -> tuple[np.ndarray, int]:
     """Mean of the best face's 4 alignment keypoints, in a ``size`` crop's coordinates; (points, faces used)."""
     from engine.detect import open_detector
@@ -44,12 +51,11 @@ def main(argv=None) -> int:
     p.add_argument("--count", type=int, default=1000, help="photos to sample (seed 0; default 1000)")
     p.add_argument("--crop-fraction", type=float, default=0.5, help="centre-crop share of the short side (default 0.5)")
     args = p.parse_args(argv)
-    files = sorted(f for f in Path(args.images).rglob("*") if f.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    files = sample_photos(args.images, args.count, seed=0)
     if not files:
         print(f"error: {args.images}: no .jpg/.png images", file=sys.stderr)
         return 2
-    random.Random(0).shuffle(files)
-    pts, used = measure_template(files[:args.count], args.crop_fraction)
+    pts, used = measure_template(files, args.crop_fraction)
     print(f"{used} faces: " + ", ".join(f"({x:.1f}, {y:.1f})" for x, y in pts))
     return 0
 
