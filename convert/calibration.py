@@ -205,9 +205,23 @@ def load_calibration_images(rows: list[CalibrationImage], root: str | os.PathLik
         from tqdm import tqdm
 
         it = tqdm(rows, desc="calibration images", unit="img", leave=False)
-    for i, r in enumerate(it):
-        out[i] = pre.load(safe_join(root, r.path, "calibration manifest")).image
-    return out
+    from engine.preprocess import NoFaceError
+
+    kept, faceless = 0, []
+    for r in it:
+        try:
+            out[kept] = pre.load(safe_join(root, r.path, "calibration manifest")).image
+            kept += 1
+        except NoFaceError as exc:  # with alignment on, an image without a face has nothing to calibrate
+            faceless.append(str(exc))
+    if not kept:
+        raise CalibrationError(f"no calibration image has a face ({faceless[0]})")
+    if faceless:
+        import sys
+
+        print(f"calibration: left out {len(faceless)} of {len(rows)} images with no face found "
+              f"(e.g. {faceless[0]})", file=sys.stderr)
+    return out[:kept]
 
 
 def main(argv=None) -> int:

@@ -149,6 +149,8 @@ def load_validation_pairs(folder: str | os.PathLike, size: int, *, crop_fraction
     labels = [p.label for p in pairs]
     if len(set(labels)) < 2:
         raise DataError(f"{folder}: validation pairs need both same-person (1) and other (0) labels")
+    from engine.preprocess import NoFaceError
+
     index: dict[str, int] = {}
     for p in pairs:
         for path in (p.path_a, p.path_b):
@@ -160,8 +162,21 @@ def load_validation_pairs(folder: str | os.PathLike, size: int, *, crop_fraction
         from tqdm import tqdm
 
         it = tqdm(paths, desc="validation images", unit="img", leave=False)
+    faceless = set()
     for i, path in enumerate(it):
-        images[i] = pre.load(path).image
+        try:
+            images[i] = pre.load(path).image
+        except NoFaceError:  # with alignment on: the pair is left out, as training's validation does
+            faceless.add(path)
+            images[i] = 0
+    if faceless:
+        import sys
+
+        before = len(pairs)
+        pairs = [p for p in pairs if str(p.path_a) not in faceless and str(p.path_b) not in faceless]
+        labels = [p.label for p in pairs]
+        print(f"validation: left out {before - len(pairs)} of {before} pairs with an image where no face is found",
+              file=sys.stderr)
     return ValidationPairs(images, [index[str(p.path_a)] for p in pairs], [index[str(p.path_b)] for p in pairs],
                            labels, [p.type for p in pairs], [p.attack for p in pairs], str(folder))
 

@@ -411,13 +411,13 @@ void test_pipeline_errors() {
         return;
     }
     std::string dir = temp_dir();
-    fv_handle* h = fv_open(nullptr, "openvino", "int8");  // the bundled model
+    fv_handle* h = fv_open(nullptr, "openvino", nullptr);  // the bundled model, its default precision
     if (!h) {
         std::fprintf(stderr, "fv_open(bundled model): %s\n", fv_last_error());
         ++failures;
         return;
     }
-    CHECK(std::string(fv_backend(h)) == "openvino" && std::string(fv_precision(h)) == "int8");
+    CHECK(std::string(fv_backend(h)) == "openvino" && std::string(fv_precision(h)) == "fp16");
     CHECK(fv_embedding_dim(h) == 512 && fv_input_size(h) == 112);
     cv::Mat noise(160, 160, CV_8UC3);
     cv::RNG(7).fill(noise, cv::RNG::UNIFORM, 0, 256);

@@ -141,3 +141,26 @@ def test_cli(dataset, tmp_path, capsys):
     assert not (tmp_path / "x.csv").exists()
     assert main(["--data", str(dataset), "--out", str(tmp_path / "y.csv"), "--count", "1000"]) == 2
     assert "only 180" in capsys.readouterr().err
+
+
+def test_images_without_a_face_are_left_out_of_calibration(dataset, tmp_path, monkeypatch, capsys):
+    """With alignment on, a manifest image where no face is found has nothing to calibrate: skipped, counted."""
+    from engine.preprocess import NoFaceError, Preprocessor
+
+    out = tmp_path / "m.csv"
+    rows = make_manifest(dataset, out, count=8, seed=1)
+    real_load = Preprocessor.load
+    faceless = str(dataset / rows[2].path)
+
+    def load(self, path, *args, **kwargs):
+        if str(path) == faceless:
+            raise NoFaceError(f"{path}: no face found")
+        return real_load(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(Preprocessor, "load", load)
+    images = load_calibration_images(read_manifest(out), dataset, 32, progress=False)
+    assert images.shape == (7, 32, 32, 3)
+    assert "left out 1 of 8 images with no face found" in capsys.readouterr().err
+    monkeypatch.setattr(Preprocessor, "load", lambda self, path, *a, **k: (_ for _ in ()).throw(NoFaceError("x")))
+    with pytest.raises(CalibrationError, match="no calibration image has a face"):
+        load_calibration_images(read_manifest(out), dataset, 32, progress=False)

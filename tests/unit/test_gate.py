@@ -266,3 +266,21 @@ def test_verification_metrics_on_known_scores(setup):
     np.testing.assert_allclose(pairs.scores(emb), [1.0, 0.0, 0.8], atol=1e-6)
     m = verification_metrics(pairs, emb)
     assert m["eer"] == 0.0 and m["n_pairs"] == 3
+
+
+def test_validation_pairs_with_a_faceless_image_are_left_out(setup, monkeypatch, capsys):
+    from convert.gate import load_validation_pairs
+    from engine.preprocess import NoFaceError, Preprocessor
+
+    full = load_validation_pairs(setup / "val", 32, crop_fraction=0.75, progress=False)
+    real_load = Preprocessor.load
+
+    def load(self, path, *args, **kwargs):
+        if "00000001" in str(path):
+            raise NoFaceError(f"{path}: no face found")
+        return real_load(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(Preprocessor, "load", load)
+    fewer = load_validation_pairs(setup / "val", 32, crop_fraction=0.75, progress=False)
+    assert len(fewer) == len(full) - 1
+    assert "left out 1 of" in capsys.readouterr().err

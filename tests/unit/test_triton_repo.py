@@ -61,12 +61,12 @@ def test_plan_takes_its_profile_maximum_and_cpu_kind(tmp_path):
     folder = tmp_path / "model"
     folder.mkdir()
     (folder / "model.json").write_text((default_model_dir() / "model.json").read_text())
-    os.symlink(default_model_dir() / "model.int8.onnx", folder / "model.int8.onnx")
-    (folder / "model.int8.plan").write_bytes(b"not a real engine")
-    sidecar = {"precision": "int8", "tensorrt_version": "10.13.0", "gpu_name": "NVIDIA H100",
+    os.symlink(default_model_dir() / "model.fp16.onnx", folder / "model.fp16.onnx")
+    (folder / "model.fp16.plan").write_bytes(b"not a real engine")
+    sidecar = {"precision": "fp16", "tensorrt_version": "10.13.0", "gpu_name": "NVIDIA H100",
                "compute_capability": "9.0", "profile": {"input": "images", "min": [1, 112, 112, 3],
                                                         "opt": [8, 112, 112, 3], "max": [48, 112, 112, 3]}}
-    (folder / "model.int8.plan.json").write_text(json.dumps(sidecar))
+    (folder / "model.fp16.plan.json").write_text(json.dumps(sidecar))
     repo = tmp_path / "repo"
     written = write_repository(folder, repo, instances=1, queue_delay_us=500, detector=False)
     assert set(written) == {"embedder", "embedder_trt"}
@@ -74,7 +74,7 @@ def test_plan_takes_its_profile_maximum_and_cpu_kind(tmp_path):
     assert trt.platform == "tensorrt_plan" and trt.max_batch_size == 48
     assert list(trt.dynamic_batching.preferred_batch_size) == [4, 8, 16, 32, 48]
     params = {k: v.string_value for k, v in trt.parameters.items()}
-    assert params["tensorrt_version"] == "10.13.0" and params["precision"] == "int8"
+    assert params["tensorrt_version"] == "10.13.0" and params["precision"] == "fp16"
     assert (repo / "embedder_trt" / "1" / "model.plan").read_bytes() == b"not a real engine"
     assert parse(repo / "embedder" / "config.pbtxt").instance_group[0].count == 1
     with pytest.raises(RepositoryError, match="over the profile maximum"):
