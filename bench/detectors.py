@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     from engine.preprocess import ImageError, decode
 
     p = argparse.ArgumentParser(prog="python -m bench.detectors", description=__doc__.split("\n\n")[0])
-    p.add_argument("--images", required=True, help="folder of photos (searched recursively for .jpg/.png)")
+    p.add_argument("--images", required=True, help="folder of photos (searched recursively)")
     p.add_argument("--count", type=int, default=300, help="photos to sample (seed 1; default 300)")
     p.add_argument("--padded", type=int, default=100, help="of those, how many to test padded (default 100)")
     p.add_argument("--batch", type=int, default=32, help="batch size of the batched pass (default 32)")
@@ -56,7 +56,7 @@ def main(argv=None) -> int:
 
     files = sample_photos(args.images, args.count, seed=1)
     if not files:
-        print(f"error: {args.images}: no .jpg/.png images", file=sys.stderr)
+        print(f"error: {args.images}: no images", file=sys.stderr)
         return 2
     try:
         images = [decode(f.read_bytes(), str(f)) for f in files]

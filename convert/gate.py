@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 DEFAULT_TOLERANCE = 0.005
-DEFAULT_MIN_COSINE = 0.98
+from engine.canary import MIN_COSINE as DEFAULT_MIN_COSINE  # one bound: the gate's and the runtime's canaries
 DEFAULT_MIN_REALNESS_AGREEMENT = 0.99
 DEFAULT_BATCH = 64
 

@@ -24,6 +24,17 @@ def cache_dir(name: str) -> Path | None:
     return folder if os.access(folder, os.W_OK) else None
 
 
+def file_key(path: Path, extra=None) -> str:
+    """A hex digest of the file's resolved path, size and modification time (and ``extra``):
+    it changes when the file is replaced."""
+    import hashlib
+    import json
+
+    st = Path(path).stat()
+    return hashlib.sha256(json.dumps([str(Path(path).resolve()), st.st_size, st.st_mtime_ns, extra],
+                                     default=str).encode()).hexdigest()
+
+
 def remembered(name: str, path: Path, extra, compute, keys: tuple[str, ...] = ()) -> dict:
     """``compute()`` (a JSON-able dict about the file ``path``), remembered across processes.
 
@@ -32,12 +43,9 @@ def remembered(name: str, path: Path, extra, compute, keys: tuple[str, ...] = ()
     without every key in ``keys``) is recomputed. For answers that are slow to get (``import onnx`` alone is
     0.6-1 s) but fixed for a given file.
     """
-    import hashlib
     import json
 
-    st = Path(path).stat()
-    key = hashlib.sha256(json.dumps([str(Path(path).resolve()), st.st_size, st.st_mtime_ns, extra],
-                                    default=str).encode()).hexdigest()
+    key = file_key(path, extra)
     folder = cache_dir(name)
     entry = folder / f"{key}.json" if folder else None
     if entry is not None and entry.is_file():

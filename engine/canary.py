@@ -17,7 +17,7 @@ import numpy as np
 
 CANARY_COUNT = 8
 CANARY_SEED = 0
-MIN_COSINE = 0.98  # the conversion gate's worst-image bound (convert.gate.DEFAULT_MIN_COSINE)
+MIN_COSINE = 0.98  # worst-image cosine to FP32; also the conversion gate's default bound
 
 
 def canary_images(size: int, count: int = CANARY_COUNT, seed: int = CANARY_SEED) -> np.ndarray:

@@ -679,6 +679,14 @@ def _read_marker(marker: Path, root: Path) -> dict[str, int]:
     return marks
 
 
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Every image file (``IMAGE_EXTENSIONS``) under ``folder``, recursively, sorted; DataError if not a folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such folder")
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
 def read_identity_folders(root: str | os.PathLike, marker: str | os.PathLike | None = None) -> list[Sample]:
     """Generic ``<root>/<identity>/<image>`` folders (LFW, VGGFace2-style crops ...).
 

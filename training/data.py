@@ -155,40 +155,6 @@ class ImageCache:
         return out
 
 
-def usable_extra_images(folders: Sequence[str | Path], preprocessor: Preprocessor, progress: bool = False,
-                        ) -> tuple[list[Path], list[str]]:
-    """The photos under ``folders`` (recursive .jpg/.png) in which a face is found; (paths, skipped reasons).
-
-    Unlabelled images are optional extra data, so one without a face is
-    skipped and counted rather than stopping the run.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-    import os
-
-    from tqdm import tqdm
-
-    from engine.preprocess import ImageError
-
-    paths = []
-    for folder in folders:
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"extra_images: {folder}: no such folder")
-        paths += sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-
-    def check(path):
-        try:
-            preprocessor.load(path)
-            return None
-        except ImageError as exc:
-            return str(exc)
-
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        errors = list(tqdm(pool.map(check, paths), total=len(paths), desc="check extra images",
-                           disable=not progress, leave=False))
-    return [p for p, e in zip(paths, errors) if e is None], [e for e in errors if e is not None]
-
-
 class TrainDataset(Dataset):
     """Items are ``(index, seed)`` from :class:`training.sampler.PKSampler`.
 
@@ -221,6 +187,13 @@ class TrainDataset(Dataset):
                 self.teacher_index = self.teacher_index[keep]
         self.labels = label_space(self.samples)
         self.extra = ImageCache(list(extra), input_size, cache, crop_fraction, preprocessor, teacher_size)
+        # Unlabelled photos are optional extra data: those without a face are skipped the same way.
+        self.extra_faceless: dict[str, str] = {}
+        if cache and len(self.extra) and self.extra.preprocessor.config.align == "face":
+            failed = self.extra.fill(progress, "detect + align extra images", skip_faceless=True)
+            if failed:
+                self.extra_faceless = {str(self.extra.paths[i]): why for i, why in sorted(failed.items())}
+                self.extra = self.extra.subset([i for i in range(len(self.extra)) if i not in failed])
         self.teacher_size = teacher_size
         self.augment_config = augment_config
 

@@ -19,8 +19,10 @@ import numpy as np
 
 
 def sample_photos(folder, count: int, seed: int) -> list[Path]:
-    """``count`` photos (.jpg/.png, recursive) of ``folder``, a seeded random draw in a fixed order."""
-    files = sorted(f for f in Path(folder).rglob("*") if f.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    """``count`` images (recursive) of ``folder``, a seeded random draw in a fixed order."""
+    from engine.datasets import list_images
+
+    files = list_images(folder) if Path(folder).is_dir() else []
     random.Random(seed).shuffle(files)
     return files[:count]
 
@@ -47,13 +49,13 @@ def measure_template(images: list[Path], crop_fraction: float, size: int = 112) 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.template", description=__doc__.split("\n\n")[0])
-    p.add_argument("--images", required=True, help="folder of photos (searched recursively for .jpg/.png)")
+    p.add_argument("--images", required=True, help="folder of photos (searched recursively)")
     p.add_argument("--count", type=int, default=1000, help="photos to sample (seed 0; default 1000)")
     p.add_argument("--crop-fraction", type=float, default=0.5, help="centre-crop share of the short side (default 0.5)")
     args = p.parse_args(argv)
     files = sample_photos(args.images, args.count, seed=0)
     if not files:
-        print(f"error: {args.images}: no .jpg/.png images", file=sys.stderr)
+        print(f"error: {args.images}: no images", file=sys.stderr)
         return 2
     pts, used = measure_template(files, args.crop_fraction)
     print(f"{used} faces: " + ", ".join(f"({x:.1f}, {y:.1f})" for x, y in pts))

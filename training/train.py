@@ -440,27 +440,27 @@ def train(config: TrainConfig, resume: bool = False, stop_after_steps: int = 0, 
         except TeacherError as exc:
             raise TrainError(str(exc)) from None
         if config.extra_per_batch:
-            from training.data import usable_extra_images
+            from engine.datasets import DataError, list_images
 
-            folders = [f.strip() for f in config.extra_images.split(",") if f.strip()]
             try:
-                extra, skipped = usable_extra_images(folders, preprocessor, progress and rt.main)
-            except FileNotFoundError as exc:
-                raise TrainError(str(exc)) from None
-            if not extra:
-                raise TrainError(f"extra_images: no usable face photo in {config.extra_images}")
-            if rt.main:
-                print(f"extra images: {len(extra)} with a face, {len(skipped)} skipped"
-                      + (f" (e.g. {skipped[0]})" if skipped else ""), file=sys.stderr)
+                extra = [p for f in config.extra_images.split(",") if f.strip() for p in list_images(f.strip())]
+            except DataError as exc:
+                raise TrainError(f"extra_images: {exc}") from None
     teacher_size = feature_teacher.chip_size if feature_teacher is not None else 0
     dataset = TrainDataset(samples, config.input_size, config.augment, config.cache_images, teacher_index,
                            config.crop_fraction, preprocessor, teacher_size, extra, progress and rt.main)
+    if extra and rt.main:
+        skipped = dataset.extra_faceless
+        print(f"extra images: {len(dataset.extra)} with a face, {len(skipped)} skipped"
+              + (f" (e.g. {next(iter(skipped.values()))})" if skipped else ""), file=sys.stderr)
+    if extra and not len(dataset.extra):
+        raise TrainError(f"extra_images: no usable face photo in {config.extra_images}")
     if dataset.faceless and rt.main:
         first = next(iter(dataset.faceless.values()))
         print(f"left out {len(dataset.faceless)} training image(s) with no face found (e.g. {first})",
               file=sys.stderr)
     sampler = PKSampler(dataset.labels.identity, dataset.labels.is_fake, config.p, config.k, config.fake_share,
-                        config.seed, rt.rank, rt.world_size, config.steps_per_epoch, len(extra),
+                        config.seed, rt.rank, rt.world_size, config.steps_per_epoch, len(dataset.extra),
                         config.extra_per_batch)
     if config.loader == "device":  # the GPU path: images live on the device, augmented there
         from training.device_data import DeviceBatches

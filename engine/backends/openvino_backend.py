@@ -69,11 +69,9 @@ class OpenVinoBackend(Backend):
         if self.cache_dir is not None:
             # Compiling from a path, OpenVINO keys the blob on the path, not the content: one
             # sub-folder per (file, size, mtime) so a replaced model file is compiled afresh.
-            import hashlib
+            from engine.cachedir import file_key
 
-            st = Path(onnx_path).stat()
-            tag = hashlib.sha256(f"{Path(onnx_path).resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
-            config["CACHE_DIR"] = str(self.cache_dir / tag[:16])
+            config["CACHE_DIR"] = str(self.cache_dir / file_key(onnx_path)[:16])
         core = ov.Core()
         try:
             # With the cache on, compile from the path: a cached blob is then imported without
