@@ -233,9 +233,15 @@ class Embedder:
         except Exception as exc:  # anything else about one file must not kill a long run
             return digest, None, f"{type(exc).__name__}: {exc}"
 
+    def _load_rows(self, buf: np.ndarray, start: int, paths: list[Path]) -> list[tuple]:
+        return [self._load_into(buf, start + i, path) for i, path in enumerate(paths)]
+
     def _submit(self, k: int, chunk: list[Path]) -> list[Future]:
+        """Decode batch ``k`` as one contiguous slice per worker: a future per image cost more
+        in thread hand-offs (~70 us each on a 2-core VM) than decoding a 112 px crop."""
         buf = self._buffers[k % len(self._buffers)]
-        return [self._pool.submit(self._load_into, buf, row, path) for row, path in enumerate(chunk)]
+        step = -(-len(chunk) // self.workers)
+        return [self._pool.submit(self._load_rows, buf, i, chunk[i:i + step]) for i in range(0, len(chunk), step)]
 
     def embed_paths(self, paths: Sequence[str | os.PathLike], desc: str = "embedding") -> EmbedResult:
         """Embed image files; the result's rows follow ``paths`` (repeated paths are embedded once)."""
@@ -257,7 +263,7 @@ class Embedder:
             for k in range(min(len(chunks), self.prefetch + 1)):
                 pending[k] = self._submit(k, chunks[k])
             for k, chunk in enumerate(chunks):
-                outcomes = [f.result() for f in pending.pop(k)]
+                outcomes = [o for f in pending.pop(k) for o in f.result()]
                 buf = self._buffers[k % len(self._buffers)]
                 bad = [Failure(p, why) for p, (_, _, why) in zip(chunk, outcomes) if why is not None]
                 if bad and self.strict:

@@ -375,9 +375,17 @@ def load_image(path: str | os.PathLike, size: int = DEFAULT_SIZE, crop_fraction:
 
 
 def is_blank(rgb: np.ndarray) -> bool:
-    """Every channel within :data:`BLANK_LEVELS` of one value: an image of one colour."""
-    flat = rgb.reshape(-1, rgb.shape[-1])
-    return bool((flat.max(axis=0).astype(np.int16) - flat.min(axis=0)).max() <= BLANK_LEVELS)
+    """Every channel within :data:`BLANK_LEVELS` of one value: an image of one colour.
+
+    Per channel with OpenCV's min/max: NumPy's ``max(axis=0)`` over (H*W, 3)
+    took 0.37 ms for a 112 px crop, more than decoding it.
+    """
+    channels = cv2.split(rgb) if rgb.ndim == 3 else [rgb]
+    for channel in channels:
+        lo, hi, _, _ = cv2.minMaxLoc(channel)
+        if hi - lo > BLANK_LEVELS:
+            return False
+    return True
 
 
 class NoFaceError(ImageError):

@@ -298,6 +298,19 @@ def test_fifo_symlink_loop_broken_link_and_device_say_what_they_are(tmp_path):
         load_image(os.devnull)
 
 
+def test_blank_means_every_channel_within_two_levels():
+    from engine.preprocess import BLANK_LEVELS, is_blank
+
+    solid = np.full((40, 40, 3), (250, 3, 128), np.uint8)
+    assert is_blank(solid) and is_blank(solid[:, :, 0])
+    for channel in range(3):  # one channel with a little more spread makes it an image
+        varied = solid.copy()
+        varied[5, 7, channel] = int(solid[0, 0, channel]) + (BLANK_LEVELS + 1) * (-1 if channel == 0 else 1)
+        assert not is_blank(varied)
+        varied[5, 7, channel] = int(solid[0, 0, channel]) + BLANK_LEVELS * (-1 if channel == 0 else 1)
+        assert is_blank(varied)
+
+
 def test_runtime_preprocessor_refuses_blank_images_training_keeps_them():
     from engine.contract import ModelConfig
     from engine.preprocess import Preprocessor
