@@ -257,13 +257,13 @@ def open_backend(model=None, backend: str = "auto", precision: str | None = None
     record = (out.config.extra or {}).get("canary")
     if not record:
         return out
-    from engine.canary import MIN_COSINE, canary_cosine
+    from engine.canary import MIN_COSINE, checked_cosine
 
     # The canaries: does this precision, on this CPU/GPU, agree with FP32? An
     # automatic choice falls back to the next precision; an explicit one is refused.
     tried = []
     while True:
-        cos = canary_cosine(out, record, out.config.input_size)
+        cos = checked_cosine(out, record, out.config.input_size)
         out.canary_cosine = cos
         if cos >= MIN_COSINE:
             if tried:

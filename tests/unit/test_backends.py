@@ -379,6 +379,32 @@ def test_an_automatic_precision_that_disagrees_falls_back(tmp_path, monkeypatch,
     assert "openvino int8 disagrees with FP32 on this machine (canary cosine 0.5000 < 0.98); using fp32" in caplog.text
 
 
+def test_a_passed_canary_check_is_remembered_per_file_and_machine(tmp_path, monkeypatch):
+    import os
+
+    import engine.canary as canary
+
+    monkeypatch.setenv("FAKEAWARE_CACHE_DIR", str(tmp_path / "cache"))
+    folder = _with_canary(copy_model(tmp_path / "m"))
+    runs = []
+    real = canary.canary_cosine
+    monkeypatch.setattr(canary, "canary_cosine", lambda *a: runs.append(1) or real(*a))
+
+    def opened() -> float:
+        with open_backend(folder, backend="onnxruntime", precision="fp32") as be:
+            return be.canary_cosine
+
+    assert opened() > 0.9999 and opened() > 0.9999 and len(runs) == 1  # the second open reuses the answer
+    monkeypatch.setattr(canary, "machine_identity", lambda: "another CPU | avx2")
+    assert opened() > 0.9999 and len(runs) == 2                          # another CPU: run again
+    os.utime(folder / "model.fp32.onnx", ns=(1, 10**18))
+    assert opened() > 0.9999 and len(runs) == 3                          # a replaced model file: run again
+    _with_canary(folder, tamper=-1.0)                                     # new references in model.json
+    with pytest.raises(BackendError, match="canary cosine -1.0000"):
+        opened()
+    assert len(runs) == 4
+
+
 def test_remembered_answers_follow_the_file_and_survive_damage(tmp_path, monkeypatch):
     import os
 
