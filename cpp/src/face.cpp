@@ -93,11 +93,11 @@ cv::Mat warp_affine_linear(const cv::Mat& src, const std::array<double, 6>& forw
     return dst;
 }
 
-Letterbox letterbox(const cv::Mat& rgb, int size) {
-    // Pad to a centred square with black and resize: a source pixel (x, y)
-    // lands at ((x + pad_x) * scale, (y + pad_y) * scale).
+Letterbox letterbox(const cv::Mat& rgb, int size, int zoom) {
+    // Pad to a centred square (zoom x the longer side) with black and resize:
+    // a source pixel (x, y) lands at ((x + pad_x) * scale, (y + pad_y) * scale).
     Letterbox out;
-    const int side = std::max(rgb.rows, rgb.cols);
+    const int side = std::max(rgb.rows, rgb.cols) * zoom;
     out.pad_x = (side - rgb.cols) / 2.0;
     out.pad_y = (side - rgb.rows) / 2.0;
     out.scale = static_cast<double>(size) / side;

@@ -187,11 +187,15 @@ struct fv_handle {
         }
         fv::check_rgb(rgb, source);
         fv::Runner* detector = detectors[static_cast<size_t>(worker)].get();
-        fv::Letterbox box = fv::letterbox(rgb, detector->input_size());
         std::vector<float> raw(static_cast<size_t>(detector->output_dim()));
-        detector->run(box.square.ptr<uint8_t>(), 1, raw.data());
-        auto faces = fv::decode_faces(raw.data(), detector->output_dim() / fv::DETECTION_VALUES,
-                                      detector->input_size(), box);
+        std::vector<fv::Face> faces;
+        for (int zoom : {1, fv::RETRY_ZOOM}) {  // as engine/detect.py: again, zoomed out, when nothing is found
+            fv::Letterbox box = fv::letterbox(rgb, detector->input_size(), zoom);
+            detector->run(box.square.ptr<uint8_t>(), 1, raw.data());
+            faces = fv::decode_faces(raw.data(), detector->output_dim() / fv::DETECTION_VALUES,
+                                     detector->input_size(), box);
+            if (!faces.empty()) break;
+        }
         if (faces.empty()) throw fv::NoFace(source + ": no face found");
         const fv::Face& face = faces[fv::main_face(faces, rgb.cols, rgb.rows)];
         if (!face.upright())

@@ -101,7 +101,10 @@ struct Letterbox {
     cv::Mat square;
     double scale = 1, pad_x = 0, pad_y = 0;
 };
-Letterbox letterbox(const cv::Mat& rgb, int size);
+// A photo with no face found is looked at again in a square this many times its
+// longer side (engine/detect.py RETRY_ZOOM: BlazeFace misses faces that fill the frame).
+constexpr int RETRY_ZOOM = 2;
+Letterbox letterbox(const cv::Mat& rgb, int size, int zoom = 1);
 // rows: K x 17 (cx, cy, w, h, 6 keypoints, score); returns blended rows, best score first.
 std::vector<std::array<float, 17>> weighted_nms(std::vector<std::array<float, 17>> rows, float iou_threshold);
 // One image's raw detector output (anchors x 17) -> faces in source pixels.

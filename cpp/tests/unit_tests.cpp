@@ -179,6 +179,17 @@ void test_decode_faces() {
     CHECK_NEAR(faces[0].score, 0.8, 1e-7);
     raw[17 + 16] = 0.49f;  // under the 0.5 score threshold
     CHECK(fv::decode_faces(raw.data(), 3, 192, box).empty());
+    // The retry's view: a 400 px square (zoom 2), scale 0.48, the image at (100, 150); the
+    // square's centre is still the image's centre.
+    fv::Letterbox wide = fv::letterbox(img, 192, fv::RETRY_ZOOM);
+    CHECK_NEAR(wide.scale, 0.48, 1e-12);
+    CHECK_NEAR(wide.pad_x, 100, 0);
+    CHECK_NEAR(wide.pad_y, 150, 0);
+    raw[17 + 16] = 0.8f;
+    faces = fv::decode_faces(raw.data(), 3, 192, wide);
+    CHECK(faces.size() == 1);
+    CHECK_NEAR(faces[0].keypoints[0], 100, 1e-4);
+    CHECK_NEAR(faces[0].box[0], 100 - 50, 1e-4);
 }
 
 fv::Face face_at(float cx, float cy, float span) {

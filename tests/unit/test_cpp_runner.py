@@ -98,14 +98,32 @@ def error_lines(stderr: str) -> list[str]:
 # ------------------------------------------------------------------ parity on real photos
 
 @pytest.fixture(scope="module")
-def photos() -> list[Path]:
-    """Two photos each of five LFW people, spread over the alphabet (fixed, no randomness)."""
+def photos(tmp_path_factory) -> list[Path]:
+    """Two photos each of six LFW people, spread over the alphabet (fixed, no randomness); the sixth
+    person's cut inside the detected face box (a face filling the frame: found only on the zoomed-out retry)."""
+    from engine.detect import open_detector
+
     root = face_data_dir() / "lfw-deepfunneled"
     if not root.is_dir():
         pytest.skip(f"shared face data not found at {root} (set FACE_DATA)")
     people = [d for d in sorted(root.iterdir()) if d.is_dir() and len(list(d.glob("*.jpg"))) >= 2]
-    picked = people[:: max(1, len(people) // 5)][:5]
-    return [sorted(p.glob("*.jpg"))[k] for p in picked for k in (0, 1)]
+    picked = people[:: max(1, len(people) // 6)][:6]
+    out = [sorted(p.glob("*.jpg"))[k] for p in picked for k in (0, 1)]
+    folder = tmp_path_factory.mktemp("tight")
+    detector = open_detector(backend="onnxruntime")
+    try:
+        for i in (10, 11):
+            bgr = cv2.imread(str(out[i]))
+            face = detector.detect(np.ascontiguousarray(bgr[:, :, ::-1]))[0]
+            inset = 0.1 * (face.box[2] - face.box[0])
+            x0, y0, x1, y1 = (int(round(v)) for v in np.array(face.box) + (inset, inset, -inset, -inset))
+            out[i] = folder / f"tight-{out[i].name}"
+            cv2.imwrite(str(out[i]), bgr[y0:y1, x0:x1], [cv2.IMWRITE_JPEG_QUALITY, 95])
+            tight = cv2.imread(str(out[i]))[:, :, ::-1]
+            assert detector._pass([np.ascontiguousarray(tight)], 1) == [[]], "not a case for the retry"
+    finally:
+        detector.close()
+    return out
 
 
 def pairs(n: int) -> list[tuple[int, int]]:

@@ -121,6 +121,23 @@ def test_batched_detection_equals_single(face_data):
         np.testing.assert_allclose(b[0].keypoints, s[0].keypoints, atol=1e-4)
 
 
+def test_a_face_filling_the_frame_is_found_on_the_zoomed_out_retry(face_data):
+    """BlazeFace misses a face that fills the photo (a tight crop); the second pass in a 2x square finds it,
+    with keypoints where the full photo put them."""
+    rgb = decode(_lfw(face_data).read_bytes())
+    detector = open_detector(backend="onnxruntime")
+    try:
+        whole = detector.detect(rgb)[0]
+        x0, y0, x1, y1 = (int(round(v)) for v in whole.box)
+        tight = np.ascontiguousarray(rgb[y0:y1, x0:x1])  # the detected box itself
+        assert detector._pass([tight], 1) == [[]]  # the case: nothing at 1x
+        faces = detector.detect(tight)
+    finally:
+        detector.close()
+    assert len(faces) == 1
+    assert np.abs(faces[0].keypoints[:4] - (whole.keypoints[:4] - (x0, y0))).max() < 4  # measured 1.3 px
+
+
 def test_padded_photo_aligns_to_the_same_crop(face_data):
     rgb = decode(_lfw(face_data).read_bytes())
     padded = cv2.copyMakeBorder(rgb, 300, 300, 300, 300, cv2.BORDER_CONSTANT, value=(128, 128, 128))
