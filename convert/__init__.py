@@ -63,7 +63,7 @@ def convert_checkpoint(checkpoint, out, *, precision=DEFAULT_PRECISIONS, engine:
                        simplifier: str = "onnxslim", opset: int | None = None,
                        calib_manifest=None, calib_root=None, calib_method: str = "entropy",
                        calib_count: int | None = None, calib_batch: int = 32,
-                       int8_high_precision: str = "fp32",
+                       int8_high_precision: str = "fp32", int8_fp32_layers=(),
                        val_pairs=None, val_limit: int | None = None, tolerance: float = 0.005,
                        min_cosine: float | None = DEFAULT_MIN_COSINE,
                        min_realness_agree: float | None = DEFAULT_MIN_REALNESS_AGREEMENT,
@@ -219,7 +219,8 @@ def convert_checkpoint(checkpoint, out, *, precision=DEFAULT_PRECISIONS, engine:
             files["int8"] = work / "model.int8.onnx"
             report["steps"]["int8"] = quantize_int8(fp32, files["int8"], calibration, config=config,
                                                     method=calib_method, high_precision=int8_high_precision,
-                                                    calib_batch=calib_batch, verbose=verbose)
+                                                    calib_batch=calib_batch, fp32_layers=int8_fp32_layers,
+                                                    verbose=verbose)
             timings["int8"] = round(time.perf_counter() - t, 2)
 
         # ------------------------------------------------------------ gates

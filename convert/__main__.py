@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--int8-high-precision", choices=HIGH_PRECISION_TYPES, default="fp32",
                    help="type of the layers INT8 leaves unquantized (default fp32: fast on CPU runtimes too; "
                         "fp16 for TensorRT-only deployment)")
+    g.add_argument("--int8-fp32-layers", default="",
+                   help="comma-separated node names INT8 leaves in FP32 (the most sensitive layers, as "
+                        "python -m convert.sensitivity ranks them)")
     g = p.add_argument_group("accuracy gates")
     g.add_argument("--val-pairs", default=None,
                    help="labelled pair folder (images/<pair_id>/{0,1}.jpg + pairs.csv) for the EER gate "
@@ -86,6 +89,7 @@ def main(argv=None) -> int:
             simplifier=args.simplifier, opset=args.opset, calib_manifest=args.calib_manifest,
             calib_root=args.calib_root, calib_method=args.calib_method, calib_count=args.calib_count,
             calib_batch=args.calib_batch, int8_high_precision=args.int8_high_precision,
+            int8_fp32_layers=tuple(n for n in args.int8_fp32_layers.split(",") if n),
             val_pairs=args.val_pairs, val_limit=args.val_limit, tolerance=args.tolerance,
             min_cosine=args.min_cosine or None, min_realness_agree=args.min_realness_agree or None, gate_images=args.gate_images, engine_options=engine_kwargs(args),
             force=args.force, quiet=args.quiet, verbose=args.verbose)

@@ -128,13 +128,15 @@ def convert_fp16(src: str | os.PathLike, dst: str | os.PathLike, calibration: np
 
 def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: np.ndarray, *,
                   config: ModelConfig, method: str = "entropy", high_precision: str = "fp32",
-                  calib_batch: int = DEFAULT_CALIB_BATCH, verbose: bool = False) -> dict:
+                  calib_batch: int = DEFAULT_CALIB_BATCH, fp32_layers=(), verbose: bool = False) -> dict:
     """INT8 Q/DQ variant with ModelOpt post-training quantization, calibrated on the CPU.
 
     ``method``: ``entropy`` (KL divergence, ModelOpt's default) or ``max``.
     ``high_precision``: type of the layers left unquantized; ``fp32`` runs
     everywhere (ONNX Runtime and OpenVINO fuse DQ-Conv-Q into int8 kernels),
     ``fp16`` is what a TensorRT-only deployment would pick.
+    ``fp32_layers``: node names of ``src`` to leave unquantized (the most
+    sensitive ones, from ``python -m convert.sensitivity``).
     """
     import onnx
 
@@ -154,8 +156,13 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: n
     # The realness head (BN + a 1792->1 linear) costs nothing in FP32, and its one
     # output decides real vs fake: kept out of INT8, where OpenVINO's fused kernels
     # flipped the coordinate of 15 of 256 test images.
-    keep = [re.escape(n.name) for n in onnx.load(str(src), load_external_data=False).graph.node
-            if any(i.startswith("realness.") for i in n.input)]
+    nodes = onnx.load(str(src), load_external_data=False).graph.node
+    keep = [re.escape(n.name) for n in nodes if any(i.startswith("realness.") for i in n.input)]
+    unknown = sorted(set(fp32_layers) - {n.name for n in nodes})
+    if unknown:
+        raise PrecisionError(f"{src}: no node named {', '.join(unknown)} to keep in FP32 "
+                             f"(names as python -m convert.sensitivity prints them)")
+    keep += [re.escape(name) for name in fp32_layers]
     with tempfile.TemporaryDirectory(prefix="int8-") as work:
         work = Path(work)
         model_in, model_out = work / "model.onnx", work / "model.int8.onnx"
@@ -180,7 +187,8 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: n
         raise PrecisionError(f"{dst}: ModelOpt produced no Q/DQ nodes; nothing was quantized")
     save_onnx(proto, dst)
     return {"tool": "modelopt.onnx.quantization", "calibration_method": method,
-            "high_precision": high_precision, "calibration_images": int(len(calibration)),
+            "high_precision": high_precision, "fp32_layers": list(fp32_layers),
+            "calibration_images": int(len(calibration)),
             "calibration_batch": batch, "weights": "int8 initializers + DequantizeLinear",
             "providers": list(CPU_PROVIDERS), **types}
 

@@ -86,6 +86,21 @@ def test_int8_has_qdq_nodes_and_runs(fp32, calibration, tmp_path, method="entrop
     assert compare_embeddings(embed_onnx(fp32, x), got)["cos_min"] > 0.9
 
 
+def test_int8_leaves_the_named_layers_in_fp32(fp32, calibration, tmp_path):
+    from convert.sensitivity import quantized_layers
+
+    first = next(n.name for n in onnx.load(str(fp32)).graph.node if n.op_type == "Conv")
+    info = quantize_int8(fp32, tmp_path / "mixed.onnx", calibration, config=CONFIG, calib_batch=16,
+                         fp32_layers=[first])
+    proto = onnx.load(str(tmp_path / "mixed.onnx"))
+    left = quantized_layers(proto)
+    assert first not in left and len(left) >= 5 and info["fp32_layers"] == [first]
+    assert next(n for n in proto.graph.node if n.name == first).input[1] in \
+        {i.name for i in proto.graph.initializer if i.data_type == TensorProto.FLOAT}  # its weights stay FP32
+    with pytest.raises(PrecisionError, match="no node named node_Conv_nope to keep in FP32"):
+        quantize_int8(fp32, tmp_path / "bad.onnx", calibration, config=CONFIG, fp32_layers=["node_Conv_nope"])
+
+
 def test_first_quantiser_sees_the_normalised_input_range(fp32, calibration, tmp_path):
     """Calibrated on uint8 images normalised in the graph: the first conv's input scale fits [-1, 1]."""
     out = tmp_path / "model.int8.onnx"

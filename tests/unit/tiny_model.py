@@ -55,13 +55,14 @@ def export_onnx(model, path: Path, size: int) -> Path:
     return path
 
 
-def quantize_int8(fp32: Path, out: Path, size: int, seed: int = 0) -> Path:
+def quantize_int8(fp32: Path, out: Path, size: int, seed: int = 0, op_types: tuple[str, ...] = ()) -> Path:
     """INT8 Q/DQ ONNX by ONNX Runtime static quantisation (stand-in for ModelOpt's output).
 
     Run in a fresh interpreter: once ModelOpt has quantised a model in this
     process (convert tests), its patches to ONNX Runtime's quantisation
     internals make ``quantize_static`` fail ("Quantization parameters are
     not specified"), so the tiny model must not depend on test order.
+    ``op_types``: quantize only these ops (default: all ONNX Runtime can).
     """
     import subprocess
     import sys
@@ -77,7 +78,8 @@ class Reader(CalibrationDataReader):
     def get_next(self):
         return next(self.batches, None)
 quantize_static({str(fp32)!r}, {str(out)!r}, Reader(), quant_format=QuantFormat.QDQ,
-                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                op_types_to_quantize={list(op_types) or None!r})
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     if done.returncode != 0:
