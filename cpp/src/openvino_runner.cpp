@@ -1,8 +1,9 @@
 // OpenVINO (CPU) runner: reads the .onnx file directly, as
 // engine/backends/openvino_backend.py does, with the same compile options:
 // LATENCY hint, one stream over all cores, f32 inference precision for the
-// FP32/FP16 files (no silent bf16 downgrade on AMX CPUs), the plugin's default
-// for the INT8 Q/DQ file, bf16 on request, and the same compiled-model cache.
+// FP32/FP16 files (no silent bf16 downgrade on AMX CPUs) and for what the INT8
+// Q/DQ file leaves unquantized (the layers convert kept in FP32 for accuracy),
+// bf16 on request, and the same compiled-model cache.
 #include <cstdlib>
 
 #include <sched.h>
@@ -67,24 +68,16 @@ public:
         check_io(*model, path);
         ov::AnyMap config{{ov::hint::performance_mode.name(), ov::hint::PerformanceMode::LATENCY},
                           {ov::inference_num_threads.name(), threads > 0 ? threads : cpu_cores()}};
-        if (precision == "fp32" || precision == "fp16")
+        if (precision == "fp32" || precision == "fp16" || precision == "int8")
             config[ov::hint::inference_precision.name()] = ov::element::f32;
         else if (precision == "bf16")
             config[ov::hint::inference_precision.name()] = ov::element::bf16;
-        else if (precision != "int8")
+        else
             throw Error("openvino: unknown precision '" + precision + "'; use one of bf16, fp16, fp32, int8");
         std::string cache = openvino_cache_dir();
         if (!cache.empty()) config[ov::cache_dir.name()] = cache;
         try {
-            try {
-                compiled_ = core.compile_model(model, "CPU", config);
-            } catch (const std::exception&) {
-                // Seen with OpenVINO 2026.4 on AMX Xeons: a small INT8 Q/DQ model has no
-                // kernel for its bf16 remainder; f32 compiles (openvino_backend.py does the same).
-                if (precision != "int8") throw;
-                config[ov::hint::inference_precision.name()] = ov::element::f32;
-                compiled_ = core.compile_model(model, "CPU", config);
-            }
+            compiled_ = core.compile_model(model, "CPU", config);
             request_ = compiled_.create_infer_request();
         } catch (const Error&) {
             throw;
