@@ -74,9 +74,6 @@ def canary_cosine(backend, record: dict, size: int) -> float:
     return float(cos.min())
 
 
-_RUNTIME_PACKAGES = {"openvino": "openvino", "onnxruntime": "onnxruntime", "tensorrt": "tensorrt", "torch": "torch"}
-
-
 def machine_identity() -> str:
     """The CPU's model name and ISA flags (what decides which kernels a runtime picks)."""
     try:
@@ -103,15 +100,13 @@ def checked_cosine(backend, record: dict, size: int) -> float:
     """
     import hashlib
     import json
-    from importlib import metadata
+    import sys
 
     path = backend.model_path
     if path is None or not path.is_file():
         return canary_cosine(backend, record, size)
-    try:
-        runtime = metadata.version(_RUNTIME_PACKAGES.get(backend.name, backend.name))
-    except metadata.PackageNotFoundError:
-        runtime = "?"
+    # The runtime the backend imported (whichever wheel provides it: onnxruntime-gpu, tensorrt-cu12, ...).
+    runtime = str(getattr(sys.modules.get(backend.name), "__version__", "?"))
     extra = [backend.name, backend.precision, backend.executed_precision, str(backend.device), runtime,
              machine_identity(), size, hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()]
     from engine.cachedir import remembered
