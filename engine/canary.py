@@ -15,6 +15,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from engine.cpu import machine_identity
+
 CANARY_COUNT = 8
 CANARY_SEED = 0
 MIN_COSINE = 0.98  # worst-image cosine to FP32; also the conversion gate's default bound
@@ -72,22 +74,6 @@ def canary_cosine(backend, record: dict, size: int) -> float:
         return float("nan")
     cos = (got * ref).sum(1) / np.maximum(np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1), 1e-12)
     return float(cos.min())
-
-
-def machine_identity() -> str:
-    """The CPU's model name and ISA flags (what decides which kernels a runtime picks)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            text = f.read()
-    except OSError:
-        import platform
-
-        return f"{platform.machine()} {platform.processor()}"
-    fields = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())
-    return f"{fields.get('model name', '?')} | {fields.get('flags', fields.get('Features', '?'))}"
 
 
 def checked_cosine(backend, record: dict, size: int) -> float:

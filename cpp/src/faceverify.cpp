@@ -8,7 +8,9 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <limits>
+#include <sstream>
 #include <sys/stat.h>
 #include <thread>
 
@@ -28,6 +30,24 @@ const char* const ALL_PRECISIONS[] = {"fp32", "fp16", "int8", "bf16"};
 bool is_file(const std::string& p) {
     struct stat st {};
     return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+// engine/cpu.py has_int8_dot: 1 = x86 with VNNI/AMX, 0 = x86 (AVX2) without one, -1 = not
+// x86 or unknown. OpenVINO's INT8 kernels saturate without one, so auto does not pick INT8 there.
+int has_int8_dot() {
+    std::ifstream in("/proc/cpuinfo");
+    std::string line;
+    while (std::getline(in, line)) {
+        if (line.rfind("flags", 0) != 0) continue;
+        std::istringstream words(line.substr(line.find(':') + 1));
+        bool avx2 = false, dot = false;
+        for (std::string w; words >> w;) {
+            avx2 = avx2 || w == "avx2";
+            dot = dot || w == "avx512_vnni" || w == "avx_vnni" || w == "amx_int8";
+        }
+        return avx2 ? (dot ? 1 : 0) : -1;
+    }
+    return -1;
 }
 
 struct Prepared {
@@ -110,8 +130,14 @@ struct fv_handle {
             return s.empty() ? std::string("none") : s;
         };
         if (want_precision.empty()) {
+            const bool skip_int8 = backend == "openvino" && has_int8_dot() == 0 &&
+                                   std::find(available.begin(), available.end(), "int8") != available.end();
+            if (skip_int8)
+                reason += "; INT8 not chosen: this CPU has no int8 dot-product instruction (VNNI/AMX), where "
+                          "OpenVINO's INT8 drifted (--precision int8 to try it)";
             for (const char* p : backend == "tensorrt" ? tensorrt_order : openvino_order)
-                if (std::find(available.begin(), available.end(), p) != available.end()) {
+                if (!(skip_int8 && std::string(p) == "int8") &&
+                    std::find(available.begin(), available.end(), p) != available.end()) {
                     precision = p;
                     break;
                 }

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from engine.backends.base import Backend, BackendError
 from engine.contract import ContractError, ModelConfig
+from engine.cpu import has_int8_dot
 
 __all__ = ["Backend", "BackendError", "ModelNotFound", "ModelSource", "Choice", "BACKENDS", "PRECISIONS",
            "open_backend", "resolve_model", "choose", "auto_backend", "default_precision",
@@ -229,7 +230,14 @@ def choose(src: ModelSource, backend: str = "auto", precision: str | None = None
             available.append("bf16")  # the FP32 file under OpenVINO's bf16 inference hint
         what = "ONNX file"
     if precision is None:
-        precision = default_precision(backend, available)
+        candidates = available
+        if backend == "openvino" and "int8" in available and has_int8_dot() is False:
+            # No VNNI/AMX: OpenVINO's INT8 kernels saturate here (engine/cpu.py). Asked for
+            # explicitly, INT8 still runs, checked by the canaries.
+            candidates = [p for p in available if p != "int8"]
+            reason += ("; INT8 not chosen: this CPU has no int8 dot-product instruction (VNNI/AMX), where "
+                       "OpenVINO's INT8 drifted (--precision int8 to try it)")
+        precision = default_precision(backend, candidates)
         if precision is None:
             raise BackendError(f"{src.path}: no {what} for the {backend} backend (has: "
                                f"{', '.join(sorted(src.onnx) + [p + ' plan' for p in src.plans]) or 'nothing'})")

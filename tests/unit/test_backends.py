@@ -261,6 +261,23 @@ def test_auto_backend_table(plan, trt, gpus, ov, expected):
         assert "TensorRT" in reason
 
 
+def test_openvino_skips_int8_on_a_cpu_without_an_int8_dot_product(tmp_path, monkeypatch):
+    import engine.backends as backends
+    from engine.cpu import has_int8_dot
+
+    assert has_int8_dot({"avx2", "fma"}) is False and has_int8_dot({"avx2", "avx512_vnni"}) is True
+    assert has_int8_dot({"avx2", "avx_vnni"}) is True and has_int8_dot({"neon", "asimd"}) is None
+    src = resolve_model(copy_model(tmp_path / "m", files=("model.json", "model.fp32.onnx", "model.int8.onnx")))
+    monkeypatch.setattr(backends, "has_int8_dot", lambda: False)  # an AVX2-only EPYC
+    choice = choose(src, backend="openvino")
+    assert choice.precision == "fp32" and "no int8 dot-product instruction (VNNI/AMX)" in choice.reason
+    assert choose(src, backend="openvino", precision="int8").precision == "int8"  # asked for: allowed
+    monkeypatch.setattr(backends, "has_int8_dot", lambda: True)
+    assert choose(src, backend="openvino").precision == "int8"
+    monkeypatch.setattr(backends, "has_int8_dot", lambda: None)  # not x86: no rule
+    assert choose(src, backend="openvino").precision == "int8"
+
+
 def test_default_precision_prefers_int8_where_present():
     assert default_precision("openvino", ["fp32", "fp16", "int8"]) == "int8"
     assert default_precision("onnxruntime", ["fp16", "fp32"]) == "fp32"
