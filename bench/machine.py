@@ -39,6 +39,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.cpu import read_cpuinfo  # the one /proc/cpuinfo parser (the runtime reads ISA flags too)
+
 # Flags worth recording: they decide which kernels oneDNN/OpenVINO/MLAS pick.
 X86_ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16",
                  "avx_vnni", "amx_tile", "amx_int8", "amx_bf16", "amx_fp16")
@@ -67,28 +69,6 @@ class Peak:
     def to_dict(self) -> dict:
         return {"gops_per_s": self.ops_per_s / 1e9, "precision": self.precision, "source": self.source,
                 "unit_class": self.unit_class}
-
-
-def read_cpuinfo(text: str | None = None) -> dict:
-    """The first processor block of /proc/cpuinfo as a dict (``flags`` as a list)."""
-    if text is None:
-        try:
-            text = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return {}
-    info: dict = {}
-    for line in text.splitlines():
-        if not line.strip():
-            if info:
-                break
-            continue
-        key, _, value = line.partition(":")
-        key, value = key.strip(), value.strip()
-        if key in ("flags", "Features"):
-            info["flags"] = value.split()
-        else:
-            info.setdefault(key, value)
-    return info
 
 
 def cpu_cores() -> int:

@@ -35,9 +35,9 @@ def upcast_fp16_onnx(src, dst) -> None:
             graph.initializer[i].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float32),
                                                                   init.name))
     for node in graph.node:
-        if any(a.t.data_type == TensorProto.FLOAT16 for a in node.attribute if node.op_type == "Constant"):
-            raise ValueError(f"{src}: FP16 Constant node {node.name}: not handled")
         for attr in node.attribute:
+            if node.op_type == "Constant" and attr.t.data_type == TensorProto.FLOAT16:
+                raise ValueError(f"{src}: FP16 Constant node {node.name}: not handled")
             if node.op_type == "Cast" and attr.name == "to" and attr.i == TensorProto.FLOAT16:
                 attr.i = TensorProto.FLOAT
     for value in list(graph.value_info) + list(graph.input) + list(graph.output):
@@ -83,27 +83,22 @@ def fp32_reference(folder: Path, images: np.ndarray) -> np.ndarray:
         return session.run(None, {session.get_inputs()[0].name: images})[0]
 
 
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
-
-
 def agreement(folder: Path, images: np.ndarray, runs: list[tuple[str | None, str | None]]) -> list[dict]:
     """One row per (backend, precision); None = the runtime's automatic choice."""
     from engine.backends import open_backend
     from engine.cpu import machine_identity
+    from engine.verify import cosine
 
     ref = fp32_reference(folder, images)
     rows = []
     for backend, precision in runs:
         with open_backend(folder, backend or "auto", precision, device="cpu") as be:
-            cos = cosines(be.embed(images), ref)
+            cos = cosine(be.embed(images), ref)
             rows.append({"backend": be.name, "precision": be.precision, "executed": be.executed_precision,
                          "asked": f"{backend or 'auto'}:{precision or 'auto'}", "images": int(len(images)),
                          "cos_min": float(cos.min()), "cos_mean": float(cos.mean()),
-                         "canary_cos": float(be.canary_cosine) if hasattr(be, "canary_cosine") else None})
-    for row in rows:
-        row["cpu"] = machine_identity()
+                         "canary_cos": float(be.canary_cosine) if hasattr(be, "canary_cosine") else None,
+                         "cpu": machine_identity()})
     return rows
 
 
@@ -130,9 +125,8 @@ def main(argv=None) -> int:
             raise ValueError(f"--count must be >= 1, got {args.count}")
         if not Path(args.lfw).is_dir():
             raise ValueError(f"{args.lfw}: not a folder")
-        folder = resolve_model(args.model).path
-        images = aligned_lfw(Path(args.lfw), resolve_model(args.model).config, args.count)
-        rows = agreement(folder, images, runs)
+        src = resolve_model(args.model)
+        rows = agreement(src.path, aligned_lfw(Path(args.lfw), src.config, args.count), runs)
     except (ValueError, OSError, BackendError, ContractError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -83,20 +83,17 @@ def _embed(model, images: np.ndarray, input_name: str, batch: int = 64) -> np.nd
                            for i in range(0, len(images), batch)])
 
 
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
-
-
 def layer_sensitivity(fp32_path, int8_path, images: np.ndarray, *, input_name: str = "images", worst: int = 48,
                       tops=(1, 2, 4, 8, 12), progress: bool = True) -> dict:
     """Worst/mean cosine to FP32: INT8 as is, with each layer in FP32 (on the ``worst`` images), and with the
     most sensitive ``tops`` layers in FP32 (on all images)."""
     import onnx
 
+    from engine.verify import cosine
+
     ref = _embed(Path(fp32_path), images, input_name)
     int8 = onnx.load(str(int8_path))
-    base = _cosines(_embed(int8, images, input_name), ref)
+    base = cosine(_embed(int8, images, input_name), ref)
     hard = np.argsort(base)[:worst]
     layers = []
     names = quantized_layers(int8)
@@ -106,14 +103,14 @@ def layer_sensitivity(fp32_path, int8_path, images: np.ndarray, *, input_name: s
 
         it = tqdm(names, desc="layers", unit="layer", leave=False)
     for name in it:
-        cos = _cosines(_embed(dequantize_layers(int8, [name]), images[hard], input_name), ref[hard])
+        cos = cosine(_embed(dequantize_layers(int8, [name]), images[hard], input_name), ref[hard])
         layers.append({"layer": name, "cos_min": float(cos.min()), "cos_mean": float(cos.mean())})
     layers.sort(key=lambda r: -r["cos_min"])
     top = []
     for k in tops:
         if k > len(layers):
             break
-        cos = _cosines(_embed(dequantize_layers(int8, [r["layer"] for r in layers[:k]]), images, input_name), ref)
+        cos = cosine(_embed(dequantize_layers(int8, [r["layer"] for r in layers[:k]]), images, input_name), ref)
         top.append({"fp32_layers": k, "cos_min": float(cos.min()), "cos_mean": float(cos.mean())})
     return {"images": int(len(images)), "worst_images": int(len(hard)), "quantized_layers": len(names),
             "int8": {"cos_min": float(base.min()), "cos_mean": float(base.mean())}, "layers": layers, "top": top}

@@ -10,23 +10,39 @@ from __future__ import annotations
 
 import functools
 import platform
+from pathlib import Path
 
 INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
+def read_cpuinfo(text: str | None = None) -> dict:
+    """The first processor block of /proc/cpuinfo as a dict (``flags`` as a list); {} where unreadable."""
+    if text is None:
+        try:
+            text = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return {}
+    info: dict = {}
+    for line in text.splitlines():
+        if not line.strip():
+            if info:
+                break
+            continue
+        key, _, value = line.partition(":")
+        key, value = key.strip(), value.strip()
+        if key in ("flags", "Features"):
+            info["flags"] = value.split()
+        else:
+            info.setdefault(key, value)
+    return info
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_info() -> tuple[str, frozenset]:
-    """(model name, ISA flags); flags empty where ``/proc/cpuinfo`` cannot be read."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            text = f.read()
-    except OSError:
-        return f"{platform.machine()} {platform.processor()}".strip(), frozenset()
-    fields: dict[str, str] = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())
-    return fields.get("model name", platform.machine()), frozenset(fields.get("flags", fields.get("Features", "")).split())
+    """(model name, ISA flags) of this CPU; flags empty where ``/proc/cpuinfo`` cannot be read."""
+    info = read_cpuinfo()
+    name = info.get("model name") or f"{platform.machine()} {platform.processor()}".strip()
+    return name, frozenset(info.get("flags", ()))
 
 
 def machine_identity() -> str:

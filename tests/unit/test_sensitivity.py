@@ -5,7 +5,8 @@ import numpy as np
 import onnx
 
 from conftest import synthetic_face
-from convert.sensitivity import _cosines, _embed, dequantize_layers, layer_sensitivity, main, quantized_layers
+from convert.sensitivity import _embed, dequantize_layers, layer_sensitivity, main, quantized_layers
+from engine.verify import cosine
 from tiny_model import TINY, quantize_int8, tiny_model_folder
 
 
@@ -24,8 +25,8 @@ def test_every_layer_back_in_fp32_gives_the_fp32_model(tmp_path):
     x = faces(6)
     ref = _embed(folder / "model.fp32.onnx", x, "images")
     back = _embed(dequantize_layers(int8, names), x, "images")
-    assert _cosines(back, ref).min() > 0.9995  # what is left: the weights' INT8 rounding (measured 0.99984)
-    assert _cosines(_embed(int8, x, "images"), ref).min() < _cosines(back, ref).min()
+    assert cosine(back, ref).min() > 0.9995  # what is left: the weights' INT8 rounding (measured 0.99984)
+    assert cosine(_embed(int8, x, "images"), ref).min() < cosine(back, ref).min()
     assert quantized_layers(dequantize_layers(int8, names)) == []
 
 
