@@ -9,8 +9,9 @@ class of regression that an absolute threshold could not tell from noise:
 - the default CPU precision must not be slower than FP32 on its own backend
   (an INT8 file whose Q/DQ the runtime does not fuse runs FP32 kernels plus
   dequantisation, and is slower: then int8 must not be the default there);
-- the default CPU backend must not be slower than ONNX Runtime FP32, the
-  portable fallback (else the automatic choice is wrong for this machine);
+- the default CPU backend must not be slower than ONNX Runtime, the
+  portable fallback, on the bundled model (else the automatic choice is
+  wrong for this machine);
 - the embedder's threads, prefetching and batching must cost no more than
   decoding and inferring the same files one after the other by hand.
 
@@ -71,18 +72,30 @@ def test_default_precision_not_slower_than_fp32(record_property, bench_model, de
                           f"fp32 on the same backend; the default should be fp32 here")
 
 
-def test_default_backend_not_slower_than_onnxruntime_fp32(record_property, bench_model, default_cpu):
-    if default_cpu.name == "onnxruntime" and default_cpu.precision == "fp32":
-        pytest.skip("the default CPU path is ONNX Runtime FP32 itself")
-    images = random_batch(16, default_cpu.input_size)
-    # Alternate between two processes' worth of runtimes in one process: fine for a ratio this coarse.
-    with open_or_skip(bench_model, "onnxruntime", "fp32", device="cpu", max_batch=32) as ort:
-        t = interleaved_medians({"default": lambda: default_cpu.embed(images), "ort": lambda: ort.embed(images)},
+def test_default_backend_not_slower_than_onnxruntime(record_property, bench_model):
+    """The automatic choice on the model it is made for (the bundled one, or $BENCH_MODEL), against the
+    portable fallback, ONNX Runtime's own choice from the same folder. On the small random model the
+    per-call overhead dominates instead: OpenVINO FP32 ran at x0.74-0.85 of ONNX Runtime FP32 on it on
+    an AVX2-only EPYC, where on the bundled ResNet-34 its FP16 file is x1.01-1.06 here and x1.12 at
+    batch 32 in bench/results/avx2-only."""
+    import os
+
+    from engine.backends import default_model_dir
+
+    model = bench_model if os.environ.get("BENCH_MODEL") else default_model_dir()
+    with open_or_skip(model, "auto", None, device="cpu", max_batch=16) as default, \
+            open_or_skip(model, "onnxruntime", None, device="cpu", max_batch=16) as ort:
+        if (default.name, default.precision) == (ort.name, ort.precision):
+            pytest.skip(f"the default CPU path is ONNX Runtime {ort.precision} itself")
+        images = random_batch(16, default.input_size)
+        # Two runtimes alternated in one process: fine for a ratio this coarse.
+        t = interleaved_medians({"default": lambda: default.embed(images), "ort": lambda: ort.embed(images)},
                                 ROUNDS)
     ratio = t["ort"] / t["default"]
-    record(record_property, backend=default_cpu.name, precision=default_cpu.precision, default_over_ort_fp32=ratio)
-    assert ratio >= 0.8, (f"default CPU path {default_cpu.name}:{default_cpu.precision} runs at x{ratio:.2f} of "
-                          f"ONNX Runtime fp32; the automatic choice is wrong for this machine")
+    record(record_property, backend=default.name, precision=default.precision, ort_precision=ort.precision,
+           default_over_ort=ratio)
+    assert ratio >= 0.8, (f"default CPU path {default.name}:{default.precision} runs at x{ratio:.2f} of "
+                          f"ONNX Runtime {ort.precision} on {model}; the automatic choice is wrong for this machine")
 
 
 def test_embedder_overhead(record_property, bench_model, image_folder):

@@ -4,7 +4,10 @@ OpenVINO's INT8 convolutions are accurate and fast where the CPU has an
 int8 dot-product instruction (AVX-512 VNNI, AVX-VNNI, AMX): without one
 (AVX2 only) they multiply u8 x s8 pairs with a saturating 16-bit add, and
 the second bundled model's INT8 file drifted by up to 0.66 in similarity
-there. The automatic precision choice asks :func:`has_int8_dot`.
+there. The third (12 sensitive layers kept FP32) agrees with FP32 there
+(worst cosine 0.9920 on 64 LFW photos) but runs at 0.92x the FP32 kernels'
+speed on an AVX2-only EPYC (bench/results/avx2-only), so it buys nothing.
+The automatic precision choice asks :func:`has_int8_dot`.
 """
 from __future__ import annotations
 

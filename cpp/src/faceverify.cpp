@@ -32,9 +32,12 @@ bool is_file(const std::string& p) {
     return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
 }
 
+}  // namespace
+
 // engine/cpu.py has_int8_dot: 1 = x86 with VNNI/AMX, 0 = x86 (AVX2) without one, -1 = not
-// x86 or unknown. OpenVINO's INT8 kernels saturate without one, so auto does not pick INT8 there.
-int has_int8_dot() {
+// x86 or unknown. Without one OpenVINO's INT8 is slower than FP32 (bench/results/avx2-only),
+// so auto does not pick INT8 there.
+int fv::has_int8_dot() {
     std::ifstream in("/proc/cpuinfo");
     std::string line;
     while (std::getline(in, line)) {
@@ -49,6 +52,8 @@ int has_int8_dot() {
     }
     return -1;
 }
+
+namespace {
 
 struct Prepared {
     cv::Mat crop;
@@ -130,11 +135,12 @@ struct fv_handle {
             return s.empty() ? std::string("none") : s;
         };
         if (want_precision.empty()) {
-            const bool skip_int8 = backend == "openvino" && has_int8_dot() == 0 &&
+            // Only where another file can run instead: a folder with INT8 alone still runs it.
+            const bool skip_int8 = backend == "openvino" && fv::has_int8_dot() == 0 && available.size() > 1 &&
                                    std::find(available.begin(), available.end(), "int8") != available.end();
             if (skip_int8)
                 reason += "; INT8 not chosen: this CPU has no int8 dot-product instruction (VNNI/AMX), where "
-                          "OpenVINO's INT8 drifted (--precision int8 to try it)";
+                          "OpenVINO's INT8 is slower than FP32 (--precision int8 to try it)";
             for (const char* p : backend == "tensorrt" ? tensorrt_order : openvino_order)
                 if (!(skip_int8 && std::string(p) == "int8") &&
                     std::find(available.begin(), available.end(), p) != available.end()) {

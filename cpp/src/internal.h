@@ -136,6 +136,8 @@ public:
     virtual void run(const uint8_t* images, int n, float* out) = 0;
 };
 
+// 1 = x86 with an int8 dot-product instruction (VNNI/AMX), 0 = AVX2 without one, -1 = unknown.
+int has_int8_dot();
 bool openvino_built();
 bool tensorrt_built();
 // precision: fp32|fp16|int8|bf16 (the hint engine/backends/openvino_backend.py sets); threads 0 = all cores.

@@ -231,12 +231,13 @@ def choose(src: ModelSource, backend: str = "auto", precision: str | None = None
         what = "ONNX file"
     if precision is None:
         candidates = available
-        if backend == "openvino" and "int8" in available and has_int8_dot() is False:
-            # No VNNI/AMX: OpenVINO's INT8 kernels saturate here (engine/cpu.py). Asked for
-            # explicitly, INT8 still runs, checked by the canaries.
+        if backend == "openvino" and "int8" in available and len(available) > 1 and has_int8_dot() is False:
+            # No VNNI/AMX: OpenVINO's INT8 runs slower than FP32 here (0.92x on an AVX2-only EPYC,
+            # bench/results/avx2-only) and earlier models' INT8 drifted. Asked for explicitly,
+            # INT8 still runs, checked by the canaries.
             candidates = [p for p in available if p != "int8"]
             reason += ("; INT8 not chosen: this CPU has no int8 dot-product instruction (VNNI/AMX), where "
-                       "OpenVINO's INT8 drifted (--precision int8 to try it)")
+                       "OpenVINO's INT8 is slower than FP32 (--precision int8 to try it)")
         precision = default_precision(backend, candidates)
         if precision is None:
             raise BackendError(f"{src.path}: no {what} for the {backend} backend (has: "

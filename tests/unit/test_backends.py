@@ -276,6 +276,9 @@ def test_openvino_skips_int8_on_a_cpu_without_an_int8_dot_product(tmp_path, monk
     assert choose(src, backend="openvino").precision == "int8"
     monkeypatch.setattr(backends, "has_int8_dot", lambda: None)  # not x86: no rule
     assert choose(src, backend="openvino").precision == "int8"
+    monkeypatch.setattr(backends, "has_int8_dot", lambda: False)
+    only_int8 = resolve_model(copy_model(tmp_path / "i8", files=("model.json", "model.int8.onnx")))
+    assert choose(only_int8, backend="openvino").precision == "int8"  # nothing else to run instead
 
 
 def test_default_precision_prefers_int8_where_present():
@@ -291,7 +294,10 @@ def _src(tmp_path, onnx=(), plans=(), weights=False):
                        weights_dir=tmp_path if weights else None)
 
 
-def test_choose_uses_plan_only_with_tensorrt_and_gpu(tmp_path):
+def test_choose_uses_plan_only_with_tensorrt_and_gpu(tmp_path, monkeypatch):
+    import engine.backends as backends
+
+    monkeypatch.setattr(backends, "has_int8_dot", lambda: True)  # a VNNI CPU, whatever runs the test
     src = _src(tmp_path, onnx=["fp32", "int8"], plans=["fp16"])
     gpu = {"tensorrt": True, "gpus": 1, "openvino": True}
     cpu = {"tensorrt": False, "gpus": 0, "openvino": True}
@@ -380,8 +386,10 @@ def test_canaries_confirm_the_precision_and_refuse_an_explicit_one_that_disagree
 
 def test_an_automatic_precision_that_disagrees_falls_back(tmp_path, monkeypatch, caplog):
     pytest.importorskip("openvino")
+    import engine.backends as backends
     import engine.canary as canary
 
+    monkeypatch.setattr(backends, "has_int8_dot", lambda: True)  # INT8 is OpenVINO's first choice
     folder = _with_canary(copy_model(tmp_path / "m", files=("model.json", "model.fp32.onnx", "model.int8.onnx")))
     real = canary.canary_cosine
     monkeypatch.setattr(canary, "canary_cosine",

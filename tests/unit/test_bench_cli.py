@@ -309,3 +309,20 @@ def test_model_line_shows_conversion_gates():
                            "model_gates": {"int8": {"gate": "pass", "cos_min": 0.99832}}})
     assert line == ("Model: resnet34 at 112x112, 512-d embeddings; conversion gates: "
                     "int8 pass (min cosine to PyTorch 0.9983).")
+
+
+def test_startup_baseline_runs_the_other_checkouts_code(tmp_path, capsys):
+    """--baseline DIR times DIR's engine.verify, not this installed one; a folder that is no checkout is refused."""
+    from bench import startup
+
+    old = tmp_path / "old"
+    (old / "engine").mkdir(parents=True)
+    (old / "engine" / "__init__.py").write_text("")
+    (old / "engine" / "verify.py").write_text(
+        "import os, sys\nopen(os.path.join(os.environ['FAKEAWARE_CACHE_DIR'] + '.ran'), 'w').write(repr(sys.argv))\n")
+    cache = str(tmp_path / "c")
+    assert startup.one_call("a.jpg", "b.jpg", cache, [], str(old)) > 0
+    assert "a.jpg" in (tmp_path / "c.ran").read_text()
+    with pytest.raises(SystemExit) as e:
+        startup.main(["a.jpg", "b.jpg", "--baseline", str(tmp_path)])
+    assert e.value.code == 2 and "not a checkout of this repository" in capsys.readouterr().err
