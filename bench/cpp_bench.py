@@ -158,7 +158,9 @@ def main(argv=None) -> int:
                     for who, rs in per.items()} for pr, per in runs.items()}
 
     import cv2
-    import openvino
+    from engine.backends.openvino_backend import import_openvino
+
+    openvino = import_openvino()
 
     desc = describe_machine(with_gpu=False)
     name = machine_name(desc)

@@ -133,6 +133,28 @@ def test_openvino_cache_can_be_turned_off(monkeypatch, tmp_path):
     assert default_cache_dir() == tmp_path / "c" / "openvino" and (tmp_path / "c" / "openvino").is_dir()
 
 
+def test_openvino_is_imported_without_its_converter_which_still_works_on_demand(tmp_path):
+    """The runtime skips openvino.tools.ovc at import (0.09 s); convert_model still imports it when called."""
+    pytest.importorskip("openvino")
+    import subprocess
+    import sys
+
+    onnx.save(helper.make_model(helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])]),
+        opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "relu.onnx")
+    code = ("import sys\n"
+            "from engine.backends.openvino_backend import import_openvino\n"
+            "ov = import_openvino()\n"
+            "print('ovc' in ' '.join(m for m in sys.modules if m.startswith('openvino.tools')))\n"
+            "print(type(ov.convert_model(sys.argv[1])).__name__)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "relu.onnx")], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "Model"]
+
+
 def test_openvino_reports_kernels_after_a_run(model_dir, images):
     with open_backend(model_dir, backend="openvino", precision="fp32") as be:
         be.embed(images[:2])

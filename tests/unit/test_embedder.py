@@ -231,3 +231,10 @@ def test_bad_settings_are_refused():
         Embedder(backend(), batch_size=0)
     with pytest.raises(ValueError, match="workers"):
         Embedder(backend(), workers=0)
+
+
+def test_a_given_preprocessor_must_make_the_backends_input_size():
+    from engine.preprocess import Preprocessor
+
+    with pytest.raises(ValueError, match="px inputs"):
+        Embedder(backend(), preprocessor=Preprocessor(size=S + 16))

@@ -246,3 +246,22 @@ def test_cli_align_none_keeps_the_centre_crop(face_data, tmp_path):
         cv2.imwrite(str(tmp_path / name), rng.integers(0, 256, (250, 250, 3), dtype=np.uint8))
     code, out, err = _verify(tmp_path / "n1.png", tmp_path / "n2.png", "--align", "none")
     assert code in (0, 1) and "detection" not in out and "alignment none" in err
+
+
+def test_warmed_detectors_go_one_per_thread_and_close_with_the_preprocessor():
+    import threading
+
+    pre = Preprocessor(ModelConfig(align="face"))
+    pre.warm(2)
+    warmed = list(pre._spare)
+    assert len(warmed) == 2
+    taken = []
+    for _ in range(3):  # the third thread finds no spare and opens its own
+        t = threading.Thread(target=lambda: taken.append(pre.detector))
+        t.start()
+        t.join()
+    assert len({id(d) for d in taken}) == 3 and {id(d) for d in warmed} <= {id(d) for d in taken}
+    assert not pre._spare
+    pre.close()
+    assert all(d.backend.closed for d in taken)
+    Preprocessor(ModelConfig(align="none")).warm(2)  # nothing to open: no detector without alignment
