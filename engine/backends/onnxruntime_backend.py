@@ -39,6 +39,43 @@ def pick_providers(device: str | None, available: list[str]) -> list[str]:
     return chosen + ["CPUExecutionProvider"]
 
 
+def optimized_path(onnx_path: str | Path, version: str) -> Path | None:
+    """Where the CPU-optimised graph of ``onnx_path`` is cached; None when caching is off.
+
+    ONNX Runtime's graph optimisation is most of a session's opening (0.29 of
+    0.42 s for the bundled model on the 2-core EPYC; a saved optimised graph
+    opens in 0.13 s). The saved graph holds kernels for this CPU (NCHWc
+    layouts), so the key has the file (path, size, mtime), the ORT version
+    and the CPU's name and ISA flags; a changed file or machine optimises afresh.
+    """
+    from engine.cachedir import cache_dir, file_key
+    from engine.cpu import machine_identity
+
+    folder = cache_dir("onnxruntime")
+    if folder is None:
+        return None
+    try:
+        return folder / f"{file_key(Path(onnx_path), [version, machine_identity()])}.onnx"
+    except OSError:
+        return None
+
+
+def _cached_session(ort, cached: Path, opts, providers):
+    """A session from the cached optimised graph, or None (absent or unreadable: it is rebuilt)."""
+    if not cached.is_file():
+        return None
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # optimised already
+    try:
+        return ort.InferenceSession(str(cached), sess_options=opts, providers=providers)
+    except Exception:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            cached.unlink()
+        except OSError:
+            pass
+        return None
+
+
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
@@ -52,10 +89,22 @@ class OnnxRuntimeBackend(Backend):
         opts.intra_op_num_threads = threads or cpu_cores()
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        try:
-            self._session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=providers)
-        except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
-            raise BackendError(f"{onnx_path}: onnxruntime cannot load it ({type(exc).__name__}: {exc})") from None
+        cached = optimized_path(onnx_path, ort.__version__) if providers == ["CPUExecutionProvider"] else None
+        self._session = _cached_session(ort, cached, opts, providers) if cached is not None else None
+        if self._session is None:
+            if cached is not None:  # written under a temporary name, renamed when whole
+                tmp = cached.with_name(f".{cached.stem}.{os.getpid()}.tmp.onnx")
+                opts.optimized_model_filepath = str(tmp)
+                opts.log_severity_level = 3  # its warning that the saved graph is for this CPU: the key says so
+            try:
+                self._session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=providers)
+            except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
+                raise BackendError(f"{onnx_path}: onnxruntime cannot load it ({type(exc).__name__}: {exc})") from None
+            if cached is not None:
+                try:
+                    os.replace(tmp, cached)
+                except OSError:
+                    pass
         self._input, self._output = input_name, output_name
         used = self._session.get_providers()[0]
         super().__init__(precision=precision, max_batch=max_batch, input_size=input_size,

@@ -124,6 +124,38 @@ def test_openvino_caches_compiled_models_and_recompiles_a_changed_file(tmp_path,
         np.testing.assert_allclose(changed, ref.embed(images[:2]), atol=1e-4)
 
 
+def test_onnxruntime_caches_the_optimised_graph_and_rebuilds_a_changed_or_damaged_one(monkeypatch, tmp_path, images):
+    monkeypatch.setenv("FAKEAWARE_CACHE_DIR", str(tmp_path / "cache"))
+    folder = copy_model(tmp_path / "m")
+    onnx_path = folder / "model.fp32.onnx"
+    opts = dict(input_size=TINY["input_size"], embedding_dim=TINY["embedding_dim"], device="cpu")
+
+    def graphs():
+        return sorted((tmp_path / "cache" / "onnxruntime").glob("*"))
+
+    with OnnxRuntimeBackend(onnx_path, **opts) as be:
+        first = be.embed(images[:3])
+    assert [p.suffix for p in graphs()] == [".onnx"]  # one whole file, no temporary left behind
+    with OnnxRuntimeBackend(onnx_path, **opts) as be:  # opened from the cached graph: the same numbers
+        np.testing.assert_allclose(be.embed(images[:3]), first, atol=1e-6)
+    graphs()[0].write_bytes(b"torn")  # a damaged entry is replaced, not an error
+    with OnnxRuntimeBackend(onnx_path, **opts) as be:
+        np.testing.assert_allclose(be.embed(images[:3]), first, atol=1e-6)
+    assert len(graphs()) == 1 and graphs()[0].stat().st_size > 100
+    model = onnx.load(str(onnx_path))
+    for init in model.graph.initializer:  # another model under the same name: another entry, its own numbers
+        if init.data_type == TensorProto.FLOAT and len(init.dims) == 4:
+            init.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(init) * 1.5, init.name))
+            break
+    onnx.save(model, str(onnx_path))
+    with OnnxRuntimeBackend(onnx_path, **opts) as be:
+        changed = be.embed(images[:3])
+    assert len(graphs()) == 2 and not np.allclose(changed, first, atol=1e-3)
+    monkeypatch.setenv("FAKEAWARE_CACHE_DIR", "off")
+    with OnnxRuntimeBackend(onnx_path, **opts) as be:  # no cache: the file itself, the same numbers
+        np.testing.assert_allclose(be.embed(images[:3]), changed, atol=1e-6)
+
+
 def test_openvino_cache_can_be_turned_off(monkeypatch, tmp_path):
     from engine.backends.openvino_backend import default_cache_dir
 
