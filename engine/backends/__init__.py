@@ -23,6 +23,7 @@ from pathlib import Path
 from engine.backends.base import Backend, BackendError
 from engine.contract import ContractError, ModelConfig
 from engine.cpu import has_int8_dot
+from engine.onnx_graph import FLOAT16
 
 __all__ = ["Backend", "BackendError", "ModelNotFound", "ModelSource", "Choice", "BACKENDS", "PRECISIONS",
            "open_backend", "resolve_model", "choose", "auto_backend", "default_precision",
@@ -84,11 +85,11 @@ def _no_default_model(folder: Path) -> ModelNotFound:
         f"(a RUN_DIR from `python -m training.train`) and pass --model MODEL_DIR, or copy MODEL_DIR's files into {folder}")
 
 
-def _precision_from_graph(proto) -> str:
-    ops = {node.op_type for node in proto.graph.node}
-    if ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger", "MatMulInteger"}:
+def _precision_from_graph(info) -> str:
+    """int8 for Q/DQ or integer ops, fp16 for FP16 weights, else fp32 (``info``: an onnx_graph.GraphInfo)."""
+    if info.op_types & {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger", "MatMulInteger"}:
         return "int8"
-    if any(init.data_type == 10 for init in proto.graph.initializer):  # TensorProto.FLOAT16
+    if FLOAT16 in info.initializer_types:
         return "fp16"
     return "fp32"
 
@@ -97,8 +98,8 @@ def _read_onnx(path: Path, config: ModelConfig | None) -> tuple[ModelConfig | No
     """Check an ONNX file against the contract; return (config, precision).
 
     A passed check is remembered in the cache (keyed by the file's path, size
-    and mtime and the contract's names and sizes): ``import onnx`` alone costs
-    0.6-1 s of a two-image call, and a second call skips it.
+    and mtime and the contract's names and sizes): reading the graph maps the
+    whole file, and a second call need not.
     """
     from engine.cachedir import remembered
 
@@ -113,19 +114,14 @@ def _read_onnx(path: Path, config: ModelConfig | None) -> tuple[ModelConfig | No
 
 
 def _check_onnx_file(path: Path, config: ModelConfig | None) -> tuple[ModelConfig, str]:
-    import onnx
+    from engine.contract import check_onnx, read_onnx
 
-    from engine.contract import check_onnx
-
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf raises several types for garbage
-        raise ContractError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
-    info = check_onnx(proto, config, source=str(path))
+    info = read_onnx(path)
+    checked = check_onnx(info, config, source=str(path))
     if config is None:
-        config = ModelConfig(input_size=info["input_size"], embedding_dim=info["embedding_dim"])
+        config = ModelConfig(input_size=checked["input_size"], embedding_dim=checked["embedding_dim"])
     match = _ARTIFACT.match(path.name)
-    return config, match.group(1) if match else _precision_from_graph(proto)
+    return config, match.group(1) if match else _precision_from_graph(info)
 
 
 def resolve_model(model=None) -> ModelSource:
