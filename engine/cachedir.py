@@ -1,4 +1,5 @@
-"""Where the runtime keeps what makes a second call fast (compiled OpenVINO models, ONNX checks).
+"""Where the runtime keeps what makes a second call fast (compiled OpenVINO models,
+ONNX Runtime's optimised graphs, contract checks, canary results).
 
 ``$FAKEAWARE_CACHE_DIR`` (default ``$XDG_CACHE_HOME`` or ``~/.cache``, then
 ``fakeaware-faceverify``); ``FAKEAWARE_CACHE_DIR=off`` turns caching off. A
@@ -40,8 +41,8 @@ def remembered(name: str, path: Path, extra, compute, keys: tuple[str, ...] = ()
 
     Keyed by the file's resolved path, size and modification time plus
     ``extra``, so a changed file is looked at again; a damaged entry (or one
-    without every key in ``keys``) is recomputed. For answers that are slow to get (``import onnx`` alone is
-    0.6-1 s) but fixed for a given file.
+    without every key in ``keys``) is recomputed. For answers that take a
+    look through the file (its graph, its canaries) but are fixed for it.
     """
     import json
 
