@@ -36,6 +36,14 @@ def file_key(path: Path, extra=None) -> str:
                                      default=str).encode()).hexdigest()
 
 
+def scratch_path(path: Path) -> Path:
+    """A hidden name beside ``path`` to write to and then ``os.replace`` onto it: unique per process and thread,
+    so concurrent writers (decode threads opening detectors) never write into one file."""
+    import threading
+
+    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+
+
 def remembered(name: str, path: Path, extra, compute, keys: tuple[str, ...] = ()) -> dict:
     """``compute()`` (a JSON-able dict about the file ``path``), remembered across processes.
 
@@ -59,7 +67,7 @@ def remembered(name: str, path: Path, extra, compute, keys: tuple[str, ...] = ()
     value = compute()
     if entry is not None:
         try:
-            tmp = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
+            tmp = scratch_path(entry)
             tmp.write_text(json.dumps(value))
             os.replace(tmp, entry)
         except OSError:

@@ -12,6 +12,7 @@ summary for an in-memory ``onnx.ModelProto`` (what ``convert/`` holds).
 from __future__ import annotations
 
 import mmap
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -164,7 +165,7 @@ def parse(buf) -> GraphInfo:
 def read(path: str | Path) -> GraphInfo:
     """:func:`parse` of the file at ``path`` (memory-mapped: only the bytes of the fields read are touched)."""
     with open(path, "rb") as f:
-        if Path(path).stat().st_size == 0:
+        if os.fstat(f.fileno()).st_size == 0:
             raise ProtobufError("empty file")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             return parse(mm)

@@ -183,7 +183,7 @@ def _run(image_a, image_b, *, pairs, out, labels, lfw, lfw_pairs, lfw_folds, rep
         if warming is not None:
             warming.join()
         if pre is not None and (pre.size != be.input_size or pre.config.detector != be.config.detector):
-            _drop(pre, warming)  # the backend read another configuration than model.json alone gave
+            pre.close()  # the backend read another configuration than model.json alone gave
             pre = None
         if pre is not None:
             pre.config = be.config

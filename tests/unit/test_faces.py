@@ -264,4 +264,6 @@ def test_warmed_detectors_go_one_per_thread_and_close_with_the_preprocessor():
     assert not pre._spare
     pre.close()
     assert all(d.backend.closed for d in taken)
-    Preprocessor(ModelConfig(align="none")).warm(2)  # nothing to open: no detector without alignment
+    unaligned = Preprocessor(ModelConfig(align="none"))
+    unaligned.warm(2)  # nothing to open: no detector without alignment
+    assert not unaligned._opened and not unaligned._spare
