@@ -215,7 +215,8 @@ def decode(data: bytes, source: str = "<bytes>") -> np.ndarray:
 
     The size is read from the header first, for every format OpenCV decodes,
     and anything over :data:`MAX_PIXELS` is refused before a pixel exists.
-    Grayscale, RGBA/BGRA, 16-bit and float (HDR/PFM) inputs are converted;
+    The EXIF orientation is applied. Grayscale, RGBA/BGRA, 16-bit and float
+    (HDR/PFM) inputs are converted;
     anything OpenCV cannot decode (text, zero bytes, truncated files) raises
     :class:`ImageError`.
     """
@@ -235,7 +236,11 @@ def decode(data: bytes, source: str = "<bytes>") -> np.ndarray:
         raise ImageError(f"{source}: truncated JPEG (no end-of-image marker)")
     buf = np.frombuffer(data, dtype=np.uint8)
     try:
-        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+        # Not IMREAD_UNCHANGED: it ignores the EXIF orientation that phones
+        # store instead of rotating pixels, and a sideways face is not found
+        # or scores as a stranger. These flags keep the bit depth, apply the
+        # orientation and drop alpha (never used).
+        img = cv2.imdecode(buf, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
     except cv2.error as exc:  # OpenCV asserts on some malformed files instead of returning None
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "error"
         raise ImageError(f"{source}: not a decodable image (OpenCV: {first})") from None

@@ -66,6 +66,25 @@ def write_jpeg(path: Path, rgb: np.ndarray) -> Path:
     return path
 
 
+# How a camera stores an upright picture under each EXIF orientation (1-8): the
+# inverse of the turn a viewer applies. PIL's names: ROTATE_90 is counter-clockwise.
+_STORED_AS = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE",
+              6: "ROTATE_90", 7: "TRANSVERSE", 8: "ROTATE_270"}
+
+
+def write_exif_jpeg(path: Path, rgb: np.ndarray, orientation: int) -> Path:
+    """Write ``rgb`` as a phone would: pixels stored turned, EXIF orientation saying how to show them upright."""
+    from PIL import Image
+
+    image = Image.fromarray(rgb)
+    if orientation != 1:
+        image = image.transpose(getattr(Image.Transpose, _STORED_AS[orientation]))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    image.save(path, quality=100, subsampling=0, exif=exif.tobytes())
+    return path
+
+
 @pytest.fixture
 def identity_folders(tmp_path) -> Path:
     """6 identities x 4 real images each, as generic identity folders."""

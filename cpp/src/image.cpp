@@ -376,7 +376,8 @@ cv::Mat decode(const std::vector<uint8_t>& data, const std::string& source) {
     try {
         // The wrapping Mat is read only; imdecode copies nothing back into it.
         cv::Mat buf(1, static_cast<int>(data.size()), CV_8UC1, const_cast<uint8_t*>(data.data()));
-        img = cv::imdecode(buf, cv::IMREAD_UNCHANGED);
+        // As in Python: these flags apply the EXIF orientation (IMREAD_UNCHANGED ignores it).
+        img = cv::imdecode(buf, cv::IMREAD_ANYDEPTH | cv::IMREAD_ANYCOLOR);
     } catch (const cv::Exception& e) {  // OpenCV asserts on some malformed files instead of returning empty
         std::string msg = e.err.empty() ? "error" : e.err;
         throw Error(source + ": not a decodable image (OpenCV: " + msg + ")");

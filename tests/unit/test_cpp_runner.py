@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import REPO, face_data_dir
+from conftest import REPO, face_data_dir, write_exif_jpeg
 
 BUILD = REPO / "build" / "pytest-cpp"
 CLI = BUILD / "faceverify"
@@ -100,7 +100,8 @@ def error_lines(stderr: str) -> list[str]:
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> list[Path]:
     """Two photos each of six LFW people, spread over the alphabet (fixed, no randomness); the sixth
-    person's cut inside the detected face box (a face filling the frame: found only on the zoomed-out retry)."""
+    person's cut inside the detected face box (a face filling the frame: found only on the zoomed-out retry),
+    the second person's second stored sideways under an EXIF orientation."""
     from engine.detect import open_detector
 
     root = face_data_dir() / "lfw-deepfunneled"
@@ -123,6 +124,9 @@ def photos(tmp_path_factory) -> list[Path]:
             assert detector._pass([np.ascontiguousarray(tight)], 1) == [[]], "not a case for the retry"
     finally:
         detector.close()
+    # The second person's second photo as a phone saves it: stored turned, EXIF orientation 6.
+    upright = np.ascontiguousarray(cv2.imread(str(out[3]))[:, :, ::-1])
+    out[3] = write_exif_jpeg(folder / f"exif6-{out[3].name}", upright, 6)
     return out
 
 

@@ -14,7 +14,7 @@ from engine.contract import ContractError, ModelConfig
 from engine.detect import open_detector
 from engine.preprocess import NoFaceError, Preprocessor, decode
 
-from conftest import REPO
+from conftest import REPO, write_exif_jpeg
 
 ALIGNED = ModelConfig(input_size=112, align="face", template="arcface")
 
@@ -267,3 +267,11 @@ def test_warmed_detectors_go_one_per_thread_and_close_with_the_preprocessor():
     unaligned = Preprocessor(ModelConfig(align="none"))
     unaligned.warm(2)  # nothing to open: no detector without alignment
     assert not unaligned._opened and not unaligned._spare
+
+
+def test_cli_phone_photo_turned_by_exif_matches_the_upright_one(face_data, tmp_path):
+    """A photo stored sideways with an EXIF orientation (as phones save them) is the same person."""
+    src = _lfw(face_data)
+    turned = write_exif_jpeg(tmp_path / "phone.jpg", decode(src.read_bytes()), 6)
+    code, out, _ = _verify(src, turned)
+    assert code == 0 and out["match"] is True and out["similarity"] > 0.8  # the image itself: 1.0 less JPEG
