@@ -13,6 +13,7 @@ alignment only needs the four points eyes, nose tip and mouth centre.
 """
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,21 @@ class Face:
 
 
 RETRY_ZOOM = 2  # a photo with no face found is looked at again in a square this many times its longer side
+# Tiles are at least this many detector inputs wide: a finer tile only upsamples.
+TILE_MIN_INPUTS = 3
+# A face whose box is under this share of the photo's longer side is small in the
+# detector's view, where BlazeFace's keypoints stray (10-40 px in a 3000 px photo);
+# it is looked at again in a square REFINE_FRAMING times its box (LFW's framing).
+REFINE_BELOW = 0.25
+REFINE_FRAMING = 2.5
+
+
+def tile_origins(length: int, side: int) -> list[int]:
+    """Starts of ``side``-long tiles covering ``[0, length)``, neighbours overlapping by at least a quarter tile."""
+    if length <= side:
+        return [0]
+    n = math.ceil((length - side) / (0.75 * side)) + 1
+    return [round(i * (length - side) / (n - 1)) for i in range(n)]
 
 
 def letterbox(rgb: np.ndarray, size: int, zoom: int = 1) -> tuple[np.ndarray, float, float, float]:
@@ -82,6 +98,28 @@ def letterbox(rgb: np.ndarray, size: int, zoom: int = 1) -> tuple[np.ndarray, fl
     interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
     square = cv2.warpAffine(rgb, m, (size, size), flags=interp, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     return square, scale, pad_x, pad_y
+
+
+def _shifted(face: Face, x: int, y: int) -> Face:
+    """A face found in a tile at (x, y), in the whole image's pixels (float32 sums, as the C++ runner)."""
+    box = np.asarray(face.box, np.float32) + np.float32([x, y, x, y])
+    return Face(tuple(float(v) for v in box), face.score, face.keypoints + np.float32([x, y]))
+
+
+def _refine_region(box, w: int, h: int) -> tuple[int, int, int, int] | None:
+    """The square :data:`REFINE_FRAMING` times ``box`` around its centre, clipped to the image; None if under 8 px."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    half = REFINE_FRAMING * max(x1 - x0, y1 - y0) / 2
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    region = (max(0, round(cx - half)), max(0, round(cy - half)), min(w, round(cx + half)), min(h, round(cy + half)))
+    return region if min(region[2] - region[0], region[3] - region[1]) >= 8 else None
+
+
+def _whole_in_tile(box, x: int, y: int, side: int, w: int, h: int, margin: float = 2.0) -> bool:
+    """Whether ``box`` (tile pixels) keeps clear of every tile edge that is not the image's edge."""
+    x0, y0, x1, y1 = box
+    return ((x == 0 or x0 > margin) and (y == 0 or y0 > margin)
+            and (x + side >= w or x1 < side - margin) and (y + side >= h or y1 < side - margin))
 
 
 def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -157,7 +195,10 @@ class FaceDetector:
         square :data:`RETRY_ZOOM` times their size: BlazeFace misses a face
         that fills the frame (a tight crop; 32 of 300 UTKFace crops found
         at 1x, 300 at 2x), and the retry costs nothing where the first pass
-        finds a face.
+        finds a face. A large photo still without one is searched in tiles
+        (:meth:`_tiled`: a small face in a 12 MP photo). Small faces are then
+        detected again at a better scale (:meth:`_refined`), for keypoints
+        the alignment can trust.
         """
         if not images:
             return []
@@ -166,7 +207,60 @@ class FaceDetector:
         if missed:
             for i, faces in zip(missed, self._pass([images[i] for i in missed], RETRY_ZOOM)):
                 found[i] = faces
-        return found
+        for i in [i for i in missed if not found[i]]:
+            found[i] = self._tiled(images[i])
+        return self._refined(images, found)
+
+    def _refined(self, images: list[np.ndarray], found: list[list[Face]]) -> list[list[Face]]:
+        """Small faces (:data:`REFINE_BELOW`) replaced by the detection in a square around each
+        (one backend call for all), when one there overlaps the first; else kept as they were."""
+        jobs = []
+        for i, faces in enumerate(found):
+            h, w = images[i].shape[:2]
+            for j, face in enumerate(faces):
+                region = _refine_region(face.box, w, h)
+                if region is not None and max(face.box[2] - face.box[0], face.box[3] - face.box[1]) < REFINE_BELOW * max(h, w):
+                    jobs.append((i, j, region))
+        if not jobs:
+            return found
+        again = self._pass([images[i][y0:y1, x0:x1] for i, _, (x0, y0, x1, y1) in jobs], 1)
+        out = [list(faces) for faces in found]
+        for (i, j, (x0, y0, _, _)), faces in zip(jobs, again):
+            if not faces:
+                continue
+            shifted = [_shifted(f, x0, y0) for f in faces]
+            overlap = _iou(np.array(found[i][j].box, np.float64), np.array([f.box for f in shifted], np.float64))
+            if overlap.max() >= self.iou_threshold:
+                out[i][j] = shifted[int(overlap.argmax())]
+        return out
+
+    def _tiled(self, rgb: np.ndarray) -> list[Face]:
+        """Faces too small for the whole frame, looked for in overlapping tiles of half, then a
+        quarter ... of the longer side (down to :data:`TILE_MIN_INPUTS` detector inputs), one
+        backend call per level, stopping at the first level that finds one.
+
+        The whole frame is scaled to the detector's 192 px, where BlazeFace
+        needs an eye-to-mouth span of about 6 px: in a 4000 px photo, a face
+        under ~120 px. A face larger than a quarter tile was found a level
+        before, so the overlap holds it whole in some tile; detections cut by
+        a tile's inner edge are dropped and the rest merged by IoU.
+        """
+        h, w = rgb.shape[:2]
+        side = max(h, w) // 2
+        while side >= TILE_MIN_INPUTS * self.size:
+            tiles = [(x, y) for y in tile_origins(h, side) for x in tile_origins(w, side)]
+            found = self._pass([rgb[y:y + side, x:x + side] for x, y in tiles], 1)
+            faces = [_shifted(f, x, y) for (x, y), fs in zip(tiles, found)
+                     for f in fs if _whole_in_tile(f.box, x, y, side, w, h)]
+            if faces:
+                faces.sort(key=lambda f: -f.score)
+                kept: list[Face] = []
+                for f in faces:
+                    if not kept or _iou(np.array(f.box), np.array([k.box for k in kept])).max() < self.iou_threshold:
+                        kept.append(f)
+                return kept
+            side //= 2
+        return []
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
         return self.detect_batch([rgb])[0]

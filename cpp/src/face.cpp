@@ -210,6 +210,97 @@ std::vector<Face> decode_faces(const float* raw, int anchors, int detector_size,
     return faces;
 }
 
+std::vector<int> tile_origins(int length, int side) {
+    if (length <= side) return {0};
+    const int n = static_cast<int>(std::ceil((length - side) / (0.75 * side))) + 1;
+    std::vector<int> out;
+    for (int i = 0; i < n; ++i)  // Python's round(): half to even, as nearbyint in the default mode
+        out.push_back(static_cast<int>(std::nearbyint(static_cast<double>(i) * (length - side) / (n - 1))));
+    return out;
+}
+
+namespace {
+
+// engine/detect.py _iou in float64.
+double box_iou(const std::array<float, 4>& a, const std::array<float, 4>& b) {
+    const double iw = std::max(std::min<double>(a[2], b[2]) - std::max<double>(a[0], b[0]), 0.0);
+    const double ih = std::max(std::min<double>(a[3], b[3]) - std::max<double>(a[1], b[1]), 0.0);
+    const double inter = iw * ih;
+    const double area = (double(a[2]) - a[0]) * (double(a[3]) - a[1]);
+    const double areas = (double(b[2]) - b[0]) * (double(b[3]) - b[1]);
+    return inter / std::max(area + areas - inter, 1e-12);
+}
+
+// One pass of the detector over a region of the image; faces in the region's pixels.
+std::vector<Face> detect_in(const cv::Mat& rgb, const cv::Rect& region, Runner& detector, std::vector<float>& raw) {
+    Letterbox box = letterbox(rgb(region), detector.input_size());
+    detector.run(box.square.ptr<uint8_t>(), 1, raw.data());
+    return decode_faces(raw.data(), detector.output_dim() / DETECTION_VALUES, detector.input_size(), box);
+}
+
+void shift(Face& f, int x, int y) {  // float32 sums, as engine/detect.py _shifted
+    for (int k = 0; k < 4; ++k) f.box[k] += static_cast<float>(k % 2 ? y : x);
+    for (int k = 0; k < 12; ++k) f.keypoints[k] += static_cast<float>(k % 2 ? y : x);
+}
+
+}  // namespace
+
+std::vector<Face> refine_faces(const cv::Mat& rgb, std::vector<Face> faces, Runner& detector, double iou_threshold) {
+    const int w = rgb.cols, h = rgb.rows;
+    std::vector<float> raw(static_cast<size_t>(detector.output_dim()));
+    for (Face& face : faces) {
+        const double x0 = face.box[0], y0 = face.box[1], x1 = face.box[2], y1 = face.box[3];
+        const double half = REFINE_FRAMING * std::max(x1 - x0, y1 - y0) / 2, cx = (x0 + x1) / 2, cy = (y0 + y1) / 2;
+        const int rx0 = std::max(0, static_cast<int>(std::nearbyint(cx - half)));
+        const int ry0 = std::max(0, static_cast<int>(std::nearbyint(cy - half)));
+        const int rx1 = std::min(w, static_cast<int>(std::nearbyint(cx + half)));
+        const int ry1 = std::min(h, static_cast<int>(std::nearbyint(cy + half)));
+        if (std::min(rx1 - rx0, ry1 - ry0) < 8) continue;
+        if (!(std::max(face.box[2] - face.box[0], face.box[3] - face.box[1]) < REFINE_BELOW * std::max(w, h)))
+            continue;
+        std::vector<Face> again = detect_in(rgb, cv::Rect(rx0, ry0, rx1 - rx0, ry1 - ry0), detector, raw);
+        double best = -1;
+        size_t pick = 0;
+        for (size_t k = 0; k < again.size(); ++k) {
+            shift(again[k], rx0, ry0);
+            const double iou = box_iou(face.box, again[k].box);
+            if (iou > best) best = iou, pick = k;
+        }
+        if (!again.empty() && best >= iou_threshold) face = again[pick];
+    }
+    return faces;
+}
+
+std::vector<Face> detect_tiled(const cv::Mat& rgb, Runner& detector, double iou_threshold) {
+    const int w = rgb.cols, h = rgb.rows;
+    std::vector<float> raw(static_cast<size_t>(detector.output_dim()));
+    for (int side = std::max(w, h) / 2; side >= TILE_MIN_INPUTS * detector.input_size(); side /= 2) {
+        std::vector<Face> faces;
+        for (int y : tile_origins(h, side))
+            for (int x : tile_origins(w, side)) {
+                cv::Rect tile(x, y, std::min(side, w - x), std::min(side, h - y));
+                for (Face f : detect_in(rgb, tile, detector, raw)) {
+                    const float m = 2.f;  // a detection cut by a tile's inner edge is dropped
+                    if ((x > 0 && !(f.box[0] > m)) || (y > 0 && !(f.box[1] > m)) ||
+                        (x + side < w && !(f.box[2] < side - m)) || (y + side < h && !(f.box[3] < side - m)))
+                        continue;
+                    shift(f, x, y);
+                    faces.push_back(f);
+                }
+            }
+        if (faces.empty()) continue;
+        std::stable_sort(faces.begin(), faces.end(), [](const Face& a, const Face& b) { return a.score > b.score; });
+        std::vector<Face> kept;
+        for (const Face& f : faces) {
+            bool overlaps = false;
+            for (const Face& k : kept) overlaps = overlaps || box_iou(f.box, k.box) >= iou_threshold;
+            if (!overlaps) kept.push_back(f);
+        }
+        return kept;
+    }
+    return {};
+}
+
 size_t main_face(const std::vector<Face>& faces, int width, int height) {
     // Among faces at least half the largest's size, the most central: plain
     // "largest" picks a bystander in news photos (LFW) as often as the subject.

@@ -228,7 +228,9 @@ struct fv_handle {
                                      detector->input_size(), box);
             if (!faces.empty()) break;
         }
+        if (faces.empty()) faces = fv::detect_tiled(rgb, *detector);  // a small face in a large photo
         if (faces.empty()) throw fv::NoFace(source + ": no face found");
+        faces = fv::refine_faces(rgb, faces, *detector);  // small faces again at a better scale
         const fv::Face& face = faces[fv::main_face(faces, rgb.cols, rgb.rows)];
         if (!face.upright())
             throw fv::NoFace(source + ": no upright face found (the detected face's eyes and mouth do not line up: "

@@ -136,6 +136,19 @@ public:
     virtual void run(const uint8_t* images, int n, float* out) = 0;
 };
 
+// Starts of side-long tiles covering [0, length), neighbours overlapping by at least a quarter tile.
+std::vector<int> tile_origins(int length, int side);
+// Tiles are at least this many detector inputs wide (engine/detect.py TILE_MIN_INPUTS).
+constexpr int TILE_MIN_INPUTS = 3;
+// Faces too small for the whole frame, looked for in tiles of half, a quarter ... of the longer
+// side (engine/detect.py FaceDetector._tiled): merged, best score first; empty when none.
+std::vector<Face> detect_tiled(const cv::Mat& rgb, Runner& detector, double iou_threshold = 0.3);
+// Faces whose box is under REFINE_BELOW of the longer side, detected again in a square
+// REFINE_FRAMING times their box (engine/detect.py FaceDetector._refined).
+constexpr double REFINE_BELOW = 0.25, REFINE_FRAMING = 2.5;
+std::vector<Face> refine_faces(const cv::Mat& rgb, std::vector<Face> faces, Runner& detector,
+                               double iou_threshold = 0.3);
+
 // 1 = x86 with an int8 dot-product instruction (VNNI/AMX), 0 = AVX2 without one, -1 = unknown.
 int has_int8_dot();
 bool openvino_built();

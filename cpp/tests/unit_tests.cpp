@@ -192,6 +192,20 @@ void test_decode_faces() {
     CHECK_NEAR(faces[0].box[0], 100 - 50, 1e-4);
 }
 
+void test_tile_origins() {
+    // As engine/detect.py: one tile when it covers the length, else the first at 0, the last
+    // flush with the end, neighbours overlapping by at least a quarter tile.
+    CHECK(fv::tile_origins(500, 600) == std::vector<int>{0});
+    CHECK(fv::tile_origins(4000, 2000) == (std::vector<int>{0, 1000, 2000}));
+    for (int length : {577, 1000, 3000, 4001, 8000})
+        for (int side : {576, 1000, 1500}) {
+            if (length <= side) continue;
+            std::vector<int> o = fv::tile_origins(length, side);
+            CHECK(o.front() == 0 && o.back() == length - side);
+            for (size_t k = 1; k < o.size(); ++k) CHECK(o[k] - o[k - 1] <= 0.75 * side);
+        }
+}
+
 fv::Face face_at(float cx, float cy, float span) {
     fv::Face f;
     f.box = {cx - span, cy - span, cx + span, cy + span};
@@ -466,6 +480,7 @@ int main(int argc, char** argv) {
         {"similarity_transform", test_similarity_transform}, {"template_points", test_template_points},
         {"nms", test_nms},
         {"decode_faces", test_decode_faces},
+        {"tile_origins", test_tile_origins},
         {"main_face", test_main_face},
         {"upright", test_upright},
         {"model_json", test_model_json},

@@ -326,3 +326,36 @@ def test_startup_baseline_runs_the_other_checkouts_code(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         startup.main(["a.jpg", "b.jpg", "--baseline", str(tmp_path)])
     assert e.value.code == 2 and "not a checkout of this repository" in capsys.readouterr().err
+
+
+def test_frame_photo_pastes_the_photo_unchanged_inside_the_frame():
+    from bench.framing import frame_photo
+
+    photo = np.random.default_rng(0).integers(0, 256, (250, 250, 3), dtype=np.uint8)
+    frame = frame_photo(photo, 1600, 1200, np.random.default_rng(1))
+    assert frame.shape == (1200, 1600, 3)
+    import cv2
+
+    diff = cv2.matchTemplate(frame, photo, cv2.TM_SQDIFF)
+    assert diff.min() == 0 and (diff == 0).sum() == 1  # the photo, pixel for pixel, in one place
+
+
+def test_framing_bench_on_a_few_lfw_pairs(face_data, tmp_path, capsys):
+    from bench.framing import main
+
+    out = tmp_path / "rows.json"
+    assert main(["--lfw", str(face_data / "lfw-deepfunneled"), "--lfw-pairs", str(face_data / "lfw-pairs.txt"),
+                 "--limit", "4", "--frames", "1600x1200", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["frame"] for r in rows] == ["as it is", "1600x1200"]
+    assert all(r["framed"] == 4 and r["same"] == 2 and r["different"] == 2 for r in rows)
+    assert rows[1]["framed_found"] == 4  # the whole frame at 192 px shows the face too small; tiles find it
+    assert "second photo's face found 4/4" in capsys.readouterr().out
+
+
+def test_framing_bench_refuses_a_bad_frame_size(capsys):
+    from bench.framing import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--lfw", "x", "--lfw-pairs", "y", "--frames", "100x100"])
+    assert exc.value.code == 2 and "--frames" in capsys.readouterr().err

@@ -101,7 +101,8 @@ def error_lines(stderr: str) -> list[str]:
 def photos(tmp_path_factory) -> list[Path]:
     """Two photos each of six LFW people, spread over the alphabet (fixed, no randomness); the sixth
     person's cut inside the detected face box (a face filling the frame: found only on the zoomed-out retry),
-    the second person's second stored sideways under an EXIF orientation."""
+    the second person's second stored sideways under an EXIF orientation, the third's second small in a
+    4000x3000 frame."""
     from engine.detect import open_detector
 
     root = face_data_dir() / "lfw-deepfunneled"
@@ -127,6 +128,11 @@ def photos(tmp_path_factory) -> list[Path]:
     # The second person's second photo as a phone saves it: stored turned, EXIF orientation 6.
     upright = np.ascontiguousarray(cv2.imread(str(out[3]))[:, :, ::-1])
     out[3] = write_exif_jpeg(folder / f"exif6-{out[3].name}", upright, 6)
+    # The third person's second photo small in a 12 MP frame: found in tiles, then refined.
+    canvas = np.full((3000, 4000, 3), 128, np.uint8)
+    canvas[1800:2050, 2900:3150] = cv2.imread(str(out[5]))
+    out[5] = folder / f"large-{out[5].name}"
+    cv2.imwrite(str(out[5]), canvas, [cv2.IMWRITE_JPEG_QUALITY, 95])
     return out
 
 
