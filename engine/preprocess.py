@@ -78,11 +78,16 @@ def image_format(data: bytes) -> str | None:
     return None
 
 
-def _avif_brand(data: bytes) -> bool:
-    """An ISO-BMFF ``ftyp`` box naming avif/avis as its major or a compatible brand (what libavif accepts)."""
+def _avif_brand(data: bytes, names: tuple[bytes, ...] = (b"avif", b"avis")) -> bool:
+    """An ISO-BMFF ``ftyp`` box naming one of ``names`` as its major or a compatible brand
+    (by default avif/avis: what libavif accepts)."""
     size = int.from_bytes(data[:4], "big")
     brands = data[8:min(max(size, 16), 4096)]
-    return any(brands[i:i + 4] in (b"avif", b"avis") for i in range(0, len(brands) - 3, 4))
+    return any(brands[i:i + 4] in names for i in range(0, len(brands) - 3, 4))
+
+
+# HEIC/HEIF brands (an iPhone's default photo format), which OpenCV does not decode.
+HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")
 
 
 # Formats whose header Pillow reads (lazily: no pixel is decoded), by Pillow's name.
@@ -225,6 +230,9 @@ def decode(data: bytes, source: str = "<bytes>") -> np.ndarray:
     if len(data) > MAX_FILE_BYTES:
         raise ImageError(f"{source}: {len(data):,} bytes, over the {MAX_FILE_BYTES:,} byte limit for an image")
     fmt = image_format(data)
+    if fmt is None and data[4:8] == b"ftyp" and _avif_brand(data, HEIF_BRANDS):
+        raise ImageError(f"{source}: HEIC/HEIF image, which this runtime cannot decode: convert it to JPEG "
+                         f"or PNG (e.g. heif-convert; on an iPhone, Camera > Formats > Most Compatible)")
     if fmt is None:
         raise ImageError(f"{source}: not a decodable image")
     w, h = _header_size(data, fmt, source)

@@ -7,6 +7,7 @@
 #include <climits>
 #include <cmath>
 #include <cstring>
+#include <initializer_list>
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -110,13 +111,20 @@ uint32_t be32(const uint8_t* p) { return be16(p) << 16 | be16(p + 2); }
 uint32_t le32(const uint8_t* p) { return le16(p + 2) << 16 | le16(p); }
 bool is_space(uint8_t c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
 
-bool avif_brand(const std::vector<uint8_t>& d) {
+// An ISO-BMFF ftyp box naming one of `names` as its major or a compatible brand.
+bool has_brand(const std::vector<uint8_t>& d, std::initializer_list<const char*> names) {
     size_t size = d.size() >= 4 ? be32(d.data()) : 0;
     size_t end = std::min<size_t>(std::max<size_t>(size, 16), 4096);
     end = std::min(end, d.size());
     for (size_t i = 8; i + 4 <= end; i += 4)
-        if (std::memcmp(d.data() + i, "avif", 4) == 0 || std::memcmp(d.data() + i, "avis", 4) == 0) return true;
+        for (const char* name : names)
+            if (std::memcmp(d.data() + i, name, 4) == 0) return true;
     return false;
+}
+bool avif_brand(const std::vector<uint8_t>& d) { return has_brand(d, {"avif", "avis"}); }
+// HEIC/HEIF (an iPhone's default photo format), which OpenCV does not decode (engine/preprocess.py HEIF_BRANDS).
+bool heif_brand(const std::vector<uint8_t>& d) {
+    return has_brand(d, {"heic", "heix", "heim", "heis", "hevc", "hevx", "mif1", "msf1"});
 }
 
 using Size = std::pair<long long, long long>;
@@ -364,6 +372,9 @@ cv::Mat decode(const std::vector<uint8_t>& data, const std::string& source) {
         throw Error(source + ": " + thousands(static_cast<long long>(data.size())) + " bytes, over the " +
                     thousands(MAX_FILE_BYTES) + " byte limit for an image");
     std::string fmt = image_format(data);
+    if (fmt.empty() && starts(data, 4, "ftyp", 4) && heif_brand(data))
+        throw Error(source + ": HEIC/HEIF image, which this runtime cannot decode: convert it to JPEG or PNG "
+                    "(e.g. heif-convert; on an iPhone, Camera > Formats > Most Compatible)");
     if (fmt.empty()) throw Error(source + ": not a decodable image");
     auto [w, h] = header_size(data, fmt, source);
     if (w > 0 && h > 0 && w > MAX_PIXELS / h)

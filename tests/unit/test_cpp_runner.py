@@ -276,6 +276,9 @@ def test_error_paths(cli, tmp_path):
 
     check_error(run_cli(cli, missing, noise), f"{missing}: no such file")
     check_error(run_cli(cli, text, text), f"{text}: not a decodable image")
+    heic = tmp_path / "IMG_0001.HEIC"
+    heic.write_bytes(b"\0\0\0\x18ftypheic\0\0\0\0mif1heic" + b"\0" * 64)
+    check_error(run_cli(cli, heic, noise), f"{heic}: HEIC/HEIF image, which this runtime cannot decode")
     check_error(run_cli(cli, noise, noise), f"{noise}: no face found")
     check_error(run_cli(cli, noise, noise, "--model", empty_model), f"{empty_model}: not a model folder")
     check_error(run_cli(cli, noise, noise, "--model", tmp_path / "nowhere"), "no such file or folder")

@@ -115,6 +115,8 @@ def test_one_pixel_image_refused(tmp_path):
 @pytest.mark.parametrize("name,data,message", [
     ("empty.jpg", b"", "empty file"),
     ("text.jpg", b"this is not an image, just text\n" * 20, "not a decodable image"),
+    # An iPhone photo's first box: ftyp, major brand heic, compatible mif1 and heic.
+    ("IMG_0001.HEIC", b"\0\0\0\x18ftypheic\0\0\0\0mif1heic" + b"\0" * 64, "HEIC/HEIF image.*convert it to JPEG"),
 ])
 def test_not_an_image(tmp_path, name, data, message):
     path = tmp_path / name
