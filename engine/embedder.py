@@ -29,7 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from engine.backends.base import Backend
-from engine.preprocess import ImageError, Preprocessor, read_file
+from engine.preprocess import PREPROCESS_VERSION, ImageError, Preprocessor, read_file
 
 log = logging.getLogger(__name__)
 
@@ -167,10 +167,12 @@ class EmbeddingCache:
 
 
 def model_fingerprint(backend: Backend) -> dict:
-    """What makes embeddings reusable: backend, precision, contract and the model file's identity."""
+    """What makes embeddings reusable: backend, precision, contract, the preprocessing's version and the
+    model file's identity."""
     cfg = backend.config
     key = {"backend": backend.name, "precision": backend.precision, "input_size": backend.input_size,
-           "crop_fraction": backend.crop_fraction, "embedding_dim": backend.embedding_dim, "model": None}
+           "crop_fraction": backend.crop_fraction, "embedding_dim": backend.embedding_dim,
+           "preprocess": PREPROCESS_VERSION, "model": None}
     if cfg is not None and cfg.align != "none":
         key["align"] = [cfg.align, cfg.detector, cfg.template, cfg.margin]
     path = backend.model_path

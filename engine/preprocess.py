@@ -34,6 +34,10 @@ MAX_TEXT_HEADER = 64 * 1024
 # A model input whose every channel spans at most this many levels is one colour
 # (JPEG rounding included): there is nothing to verify in it.
 BLANK_LEVELS = 2
+# Part of the embedding cache's key: raise it whenever the crop a file gives can change,
+# so no cached embedding of an older crop is reused. 2: EXIF orientation applied,
+# small faces found in tiles and detected again at a better scale.
+PREPROCESS_VERSION = 2
 
 
 class ImageError(ValueError):

@@ -150,6 +150,19 @@ def test_cache_skips_known_files_and_notices_changes(faces, reference, tmp_path)
     assert third.n_cached == 0 and len(list(cache.iterdir())) == 2
 
 
+def test_a_new_preprocessing_version_reuses_no_cached_embedding(faces, tmp_path, monkeypatch):
+    """Crops of the same file change with the preprocessing (EXIF, tiles, refinement): old rows must not return."""
+    import engine.embedder as embedder_module
+
+    cache = tmp_path / "cache"
+    with Embedder(backend(), cache_dir=cache, progress=False) as emb:
+        assert emb.embed_paths(faces[:3]).n_embedded == 3
+    monkeypatch.setattr(embedder_module, "PREPROCESS_VERSION", embedder_module.PREPROCESS_VERSION + 1)
+    with Embedder(backend(), cache_dir=cache, progress=False) as emb:
+        again = emb.embed_paths(faces[:3])
+    assert (again.n_embedded, again.n_cached) == (3, 0) and len(list(cache.iterdir())) == 2
+
+
 def _damage(folder, kind):
     array, index = folder / "embeddings.npy", folder / "index.json"
     data = json.loads(index.read_text())
