@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from engine.files import write_atomic
+
 
 def cache_dir(name: str) -> Path | None:
     """The ``name`` sub-folder of the cache (created), or None when caching is off or impossible."""
@@ -36,14 +38,6 @@ def file_key(path: Path, extra=None) -> str:
                                      default=str).encode()).hexdigest()
 
 
-def scratch_path(path: Path) -> Path:
-    """A hidden name beside ``path`` to write to and then ``os.replace`` onto it: unique per process and thread,
-    so concurrent writers (decode threads opening detectors) never write into one file."""
-    import threading
-
-    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-
-
 def remembered(name: str, path: Path, extra, compute, keys: tuple[str, ...] = ()) -> dict:
     """``compute()`` (a JSON-able dict about the file ``path``), remembered across processes.
 
@@ -67,9 +61,7 @@ def remembered(name: str, path: Path, extra, compute, keys: tuple[str, ...] = ()
     value = compute()
     if entry is not None:
         try:
-            tmp = scratch_path(entry)
-            tmp.write_text(json.dumps(value))
-            os.replace(tmp, entry)
+            write_atomic(entry, json.dumps(value).encode())
         except OSError:
             pass
     return value

@@ -13,8 +13,15 @@ import json
 import math
 import numbers
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from engine.files import FileRefused, read_regular, write_atomic
+
+# model.json with its canary embeddings is ~65 kB; the limit keeps a hostile one from filling memory.
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+_DETECTOR_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "embeddings"
@@ -154,6 +161,9 @@ class ModelConfig:
         if self.align not in ("none", "face"):
             raise ContractError(f"align must be 'none' or 'face', got {_show(self.align)}")
         self.detector = _text("detector", self.detector)
+        if not _DETECTOR_NAME.fullmatch(self.detector):  # a path here would load any .onnx on the disk
+            raise ContractError(f"detector must be the name of a shipped detector (a file in engine/models/detector/, "
+                                f"letters, digits, '_', '-', '.'), got {_show(self.detector)}")
         self.template = _template(self.template)
         self.margin = _number("margin", self.margin, 0.0, MAX_MARGIN)
         if self.align == "face":
@@ -210,9 +220,9 @@ class ModelConfig:
     def load(cls, path: str | os.PathLike) -> "ModelConfig":
         path = Path(path)
         try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ContractError(f"{path}: no such file") from None
+            data = json.loads(read_regular(path, MAX_CONFIG_BYTES, "a model.json").decode("utf-8"))
+        except FileRefused as exc:
+            raise ContractError(str(exc)) from None
         except UnicodeDecodeError as exc:
             raise ContractError(f"{path}: not UTF-8 text ({exc.reason})") from None
         except ValueError as exc:  # JSONDecodeError, and ints past Python's digit limit
@@ -226,10 +236,7 @@ class ModelConfig:
 
 def write_json_atomic(path: str | os.PathLike, data) -> None:
     """Write JSON via a temporary file and rename, so readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, (json.dumps(data, indent=2, sort_keys=False) + "\n").encode())
 
 
 def current_umask() -> int:

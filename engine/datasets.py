@@ -16,6 +16,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.files import FileRefused, read_regular
+
 # Pair types, as written by ``training.prepare`` into pairs.csv.
 GENUINE = "genuine"            # two real images of the same person (label 1)
 IMPOSTOR = "impostor"          # real images of two different people (label 0)
@@ -149,14 +151,22 @@ def _is_file(path: Path) -> bool:
         return False
 
 
+# Pairs lists, labels and manifests: the largest real one (the challenge's
+# test pairs) is a few MB; the limit keeps /dev/zero-like files from
+# filling memory before the first line is parsed.
+MAX_TEXT_BYTES = 256 * 1024 * 1024
+
+
 def _read_text(path: Path, encoding: str = "utf-8") -> str:
-    """The file's text, or a DataError naming it and saying why not."""
+    """The file's text, or a DataError naming it and saying why not (a FIFO or device is refused, not read)."""
     try:
-        return path.read_text(encoding=encoding)
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read ({exc})") from None
+        data = read_regular(path, MAX_TEXT_BYTES, "a text file")
+    except FileRefused as exc:
+        raise DataError(str(exc)) from None
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not {encoding.upper().replace('-SIG', '')} text ({exc.reason} at byte {exc.start})") from None
 
 
 def _refuse_constant(name: str):
@@ -608,7 +618,7 @@ def read_lfw_pairs(lfw_root: str | os.PathLike, pairs_txt: str | os.PathLike) ->
     label 1/0 and type genuine/impostor; pair ids are 8-digit line indices.
     """
     pairs_txt = Path(pairs_txt)
-    lines = _read_text(pairs_txt).splitlines()
+    lines = _read_text(pairs_txt, "utf-8-sig").splitlines()  # a BOM is what some editors write
     if not lines:
         raise DataError(f"{pairs_txt}:1: empty file, expected the header '10\\t300'")
     head = lines[0].split()

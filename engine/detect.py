@@ -270,7 +270,11 @@ class FaceDetector:
 
 
 def detector_path(name: str = DEFAULT_DETECTOR) -> Path:
-    return DETECTOR_DIR / f"{name}.onnx"
+    """The shipped file for ``name``; only a plain name (ModelConfig checks it), never a path elsewhere."""
+    path = DETECTOR_DIR / f"{name}.onnx"
+    if path.parent != DETECTOR_DIR or name.startswith("."):
+        raise ValueError(f"detector {name!r}: not the name of a shipped detector")
+    return path
 
 
 def open_detector(name: str = DEFAULT_DETECTOR, backend: str = "auto", threads: int | None = None,

@@ -16,6 +16,7 @@ one thread at a time.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ from typing import Sequence
 import numpy as np
 
 from engine.backends.base import Backend
+from engine.files import write_atomic
 from engine.preprocess import PREPROCESS_VERSION, ImageError, Preprocessor, read_file
 
 log = logging.getLogger(__name__)
@@ -153,16 +155,18 @@ class EmbeddingCache:
         with self._lock:
             if not self._dirty:
                 return
-            self.folder.mkdir(parents=True, exist_ok=True)
             emb = np.concatenate(self._blocks) if self._blocks else np.zeros((0, self.dim), np.float32)
             self._blocks = [emb]
-            tmp = self.folder / ".embeddings.npy.tmp"
-            with open(tmp, "wb") as f:
-                np.save(f, emb)
-            os.replace(tmp, self.folder / "embeddings.npy")
-            tmp = self.folder / ".index.json.tmp"
-            tmp.write_text(json.dumps({"format": self.FORMAT, "key": self.key, "entries": self._rows}))
-            os.replace(tmp, self.folder / "index.json")
+            buf = io.BytesIO()
+            np.save(buf, emb)
+            try:  # a cache that cannot be written costs speed, never the result
+                self.folder.mkdir(parents=True, exist_ok=True)
+                write_atomic(self.folder / "embeddings.npy", buf.getvalue())
+                write_atomic(self.folder / "index.json",
+                             json.dumps({"format": self.FORMAT, "key": self.key, "entries": self._rows}).encode())
+            except OSError as exc:
+                log.warning("%s: embedding cache not saved (%s)", self.folder, exc.strerror or exc)
+                return
             self._dirty = False
 
 

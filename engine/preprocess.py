@@ -8,11 +8,10 @@ HWC of the model's square input size; normalisation lives inside the model
 """
 from __future__ import annotations
 
-import errno
+import functools
 import io
 import os
 import re
-import stat
 import struct
 import threading
 import warnings
@@ -22,6 +21,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 from PIL import Image
+
+from engine.files import FileRefused, check_regular, read_regular
 
 DEFAULT_SIZE = 112
 MIN_SOURCE_SIDE = 8  # smaller than this carries no face: refuse rather than upsample noise
@@ -95,6 +96,11 @@ HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"
 
 
 # Formats whose header Pillow reads (lazily: no pixel is decoded), by Pillow's name.
+# Pillow only reads header sizes here. Its bomb warning is moot (MAX_PIXELS decides) and its
+# "Corrupt EXIF data" warning a stray stderr line; filtered once, narrowly, for the process:
+# warnings.catch_warnings() is not thread-safe, and decode threads read headers at once.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+warnings.filterwarnings("ignore", message="Corrupt EXIF data", category=UserWarning, module=r"PIL\.")
 _PILLOW_FORMATS = {"JPEG", "PNG", "BMP", "WEBP", "JPEG2000", "GIF", "SUN", "AVIF", "PPM"}
 
 
@@ -106,10 +112,8 @@ def _header_size(data: bytes, fmt: str, source: str) -> tuple[int, int]:
     """
     if fmt in _PILLOW_FORMATS:
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides
-                with Image.open(io.BytesIO(data), formats=[fmt]) as im:
-                    return im.size
+            with Image.open(io.BytesIO(data), formats=[fmt]) as im:
+                return im.size
         except Image.DecompressionBombError as exc:
             raise ImageError(f"{source}: image too large ({exc})") from None
         except Exception:  # Pillow raises many types for a damaged header
@@ -269,11 +273,34 @@ def decode(data: bytes, source: str = "<bytes>") -> np.ndarray:
     channels = img.shape[2]
     if channels == 1:
         return cv2.cvtColor(img[:, :, 0], cv2.COLOR_GRAY2RGB)
+    rgb_order = fmt == "PAM" and channels in (3, 4) and _pam_returns_rgb(_pam_depth(data))
     if channels == 4:
-        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+        return cv2.cvtColor(img, cv2.COLOR_RGBA2RGB if rgb_order else cv2.COLOR_BGRA2RGB)
     if channels == 3:
-        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        return np.ascontiguousarray(img) if rgb_order else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     raise ImageError(f"{source}: unsupported channel count {channels}")
+
+
+def _pam_depth(data: bytes) -> int:
+    m = re.search(rb"(?m)^DEPTH[ \t]+(\d{1,2})\s", data[:MAX_TEXT_HEADER])
+    return int(m.group(1)) if m else 0
+
+
+@functools.lru_cache(maxsize=None)
+def _pam_returns_rgb(depth: int) -> bool:
+    """Whether OpenCV hands a ``depth``-channel PAM back in RGB order, unlike every other format (BGR).
+
+    OpenCV 5.1 does for DEPTH 3 (not 4), which swapped red and blue: the
+    same photo scored 0.51 against its JPEG. Asked of OpenCV itself with one
+    red pixel, so the answer stays right when OpenCV is fixed.
+    """
+    if depth not in (3, 4):
+        return False
+    tuple_type = b"RGB" if depth == 3 else b"RGB_ALPHA"
+    probe = (b"P7\nWIDTH 1\nHEIGHT 1\nDEPTH %d\nMAXVAL 255\nTUPLTYPE %s\nENDHDR\n" % (depth, tuple_type)
+             + bytes([255, 0, 0, 255][:depth]))
+    img = cv2.imdecode(np.frombuffer(probe, np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+    return img is not None and int(img.reshape(-1)[0]) == 255
 
 
 def _truncated_jpeg(data: bytes) -> bool:
@@ -319,71 +346,25 @@ def preprocess(rgb: np.ndarray, size: int = DEFAULT_SIZE, source: str = "<array>
     return cv2.resize(crop, (size, size), interpolation=interp)
 
 
-_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
-               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
-
-
 def check_file(path: str | os.PathLike) -> os.stat_result:
     """Stat an image path; :class:`ImageError` says what it is when it is not a readable regular file.
 
     A directory, FIFO, device or symlink loop is named as such (not "no such
     file"), and a file over :data:`MAX_FILE_BYTES` is refused before it is read.
     """
-    path = Path(path)
     try:
-        st = path.stat()
-    except FileNotFoundError:
-        if path.is_symlink():
-            raise ImageError(f"{path}: broken symlink (to {os.readlink(path)})") from None
-        raise ImageError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise ImageError(f"{path}: {_os_reason(exc)}") from None
-    _check_stat(path, st)
-    return st
-
-
-def _os_reason(exc: OSError) -> str:
-    if exc.errno == errno.ELOOP:
-        return "symlink loop (too many levels of symbolic links)"
-    if exc.errno == errno.ENOTDIR:
-        return "no such file (a parent is not a folder)"
-    return f"cannot read ({exc.strerror or exc})"
-
-
-def _check_stat(path: Path, st: os.stat_result) -> None:
-    if not stat.S_ISREG(st.st_mode):
-        what = next((what for test, what in _FILE_KINDS if test(st.st_mode)), "a special file")
-        raise ImageError(f"{path}: is {what}, not an image")
-    if st.st_size > MAX_FILE_BYTES:
-        raise ImageError(f"{path}: {st.st_size:,} bytes, over the {MAX_FILE_BYTES:,} byte limit for an image")
+        return check_regular(path, MAX_FILE_BYTES, "an image")
+    except FileRefused as exc:
+        raise ImageError(str(exc)) from None
 
 
 def read_file(path: str | os.PathLike) -> bytes:
-    """A file's bytes; anything but a regular file up to :data:`MAX_FILE_BYTES` is an :class:`ImageError` naming it.
-
-    Opened without blocking (a FIFO would otherwise wait for a writer forever)
-    and checked on the open descriptor, so what is read is what was checked;
-    at most the limit plus one byte is ever read.
-    """
-    path = Path(path)
-    check_file(path)  # the clear message for the common cases
+    """A file's bytes; anything but a regular file up to :data:`MAX_FILE_BYTES` is an :class:`ImageError` naming it
+    (:func:`engine.files.read_regular`: a FIFO never blocks, at most the limit plus one byte is read)."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        raise ImageError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise ImageError(f"{path}: {_os_reason(exc)}") from None
-    try:
-        _check_stat(path, os.fstat(fd))  # it may have been swapped since check_file
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise ImageError(f"{path}: {_os_reason(exc)}") from None
-    finally:
-        os.close(fd)
-    if len(data) > MAX_FILE_BYTES:
-        raise ImageError(f"{path}: over the {MAX_FILE_BYTES:,} byte limit for an image")
-    return data
+        return read_regular(path, MAX_FILE_BYTES, "an image")
+    except FileRefused as exc:
+        raise ImageError(str(exc)) from None
 
 
 def load_image(path: str | os.PathLike, size: int = DEFAULT_SIZE, crop_fraction: float = 1.0) -> np.ndarray:

@@ -115,7 +115,8 @@ def _describe_error(exc: Exception, inputs: str) -> str:
     an OSError names its file; anything else gets the job's input and its type."""
     if isinstance(exc, OSError) and exc.filename:
         return f"{exc.filename}: {exc.strerror or exc}"
-    if type(exc).__module__.split(".")[0] in ("engine", "convert", "training") and str(exc):
+    # "__main__": this module's UsageError/VerificationError under `python -m engine.verify`
+    if type(exc).__module__.split(".")[0] in ("engine", "convert", "training", "__main__") and str(exc):
         return str(exc)
     return f"{inputs}: {type(exc).__name__}: {exc}" if str(exc) else f"{inputs}: {type(exc).__name__}"
 
@@ -150,10 +151,14 @@ def _run(image_a, image_b, *, pairs, out, labels, lfw, lfw_pairs, lfw_folds, rep
     if out is not None:
         check_output_file(out, "--out")
     if report is not None:
-        check_output_folder(report, "--report")
+        from engine.report import REPORT_FILES
+
+        check_output_folder(report, "--report", REPORT_FILES)
     if cache is not None:
         check_output_folder(cache, "--cache")
     job = _load_pairs(mode, pairs, labels, lfw, lfw_pairs, lfw_folds) if mode != "images" else None
+    if out is not None and job:
+        _refuse_overwriting_inputs(out, [p for pair in job for p in (pair.path_a, pair.path_b)] + [labels])
     for p in (image_a, image_b) if mode == "images" else ():
         check_file(p)  # says what it is: no such file, a directory, a FIFO, a symlink loop, too large
     if batch_size is not None:
@@ -253,12 +258,17 @@ def check_output_file(path, flag: str) -> None:
         raise UsageError(f"{flag} {path}: folder {parent} is not writable")
 
 
-def check_output_folder(path, flag: str) -> None:
-    """Refuse, before any work, an output folder that is a file, a device or read-only (it may not exist yet)."""
+def check_output_folder(path, flag: str, files: tuple[str, ...] = ()) -> None:
+    """Refuse, before any work, an output folder that is a file, a device or read-only (it may not exist yet),
+    or in which one of the ``files`` to be written exists as something other than a regular file."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         kind = "a file" if path.is_file() else "not a folder (a device or other special file)"
         raise UsageError(f"{flag} {path}: is {kind}, expected a folder")
+    for name in files:
+        target = path / name
+        if target.exists() and not target.is_file():
+            raise UsageError(f"{flag} {path}: {target} exists and is not a regular file; it would be replaced")
     existing = path
     while not existing.exists():  # the folder is made when results are written: its nearest existing parent
         if existing.parent == existing:
@@ -268,6 +278,21 @@ def check_output_folder(path, flag: str) -> None:
         raise UsageError(f"{flag} {path}: {existing} is not a folder")
     if not _writable_folder(existing):
         raise UsageError(f"{flag} {path}: {existing} is not writable")
+
+
+def _refuse_overwriting_inputs(out, inputs) -> None:
+    """``--out`` naming one of the job's own input files (an image, the labels) would destroy it."""
+    try:
+        st = os.stat(out)
+    except OSError:
+        return  # a new file: nothing to overwrite
+    for p in inputs:
+        try:
+            other = os.stat(p) if p is not None else None
+        except OSError:
+            continue
+        if other is not None and (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+            raise UsageError(f"--out {out}: is one of the job's inputs ({p}); choose another file name")
 
 
 def check_batch_size(batch_size: int, model, backend: str, precision: str | None) -> None:
@@ -394,14 +419,14 @@ def _pair_job(embedder, job, mode, out, report, thr, json_output, bootstrap) -> 
                "pairs_per_s": round(len(job) / seconds, 1) if seconds > 0 else None,
                "images_per_s": round(res.n_embedded / res.seconds, 1) if res.n_embedded and res.seconds > 0 else None,
                **_describe(embedder.backend)}
+    if not scored.any():  # before anything is written: a file of failure scores is not a result
+        raise VerificationError("no pair could be scored: every pair has an unusable image")
     if out is not None:
         from engine.submission import write_submission
 
         write_submission(out, [p.pair_id for p in job], scores)
         summary["submission"] = str(out)
     if job[0].label is not None:
-        if not scored.any():
-            raise VerificationError("no pair could be scored: every pair has an unusable image")
         summary["metrics"] = _evaluate(job, scores, scored, mode, report, thr, bootstrap, summary, json_output)
     if json_output:
         print(json.dumps(summary, allow_nan=False))
@@ -507,6 +532,9 @@ class _Parser(argparse.ArgumentParser):
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    # OpenCV's own log lines (libtiff warnings, "can't read data") would come before the one
+    # error line that says what was wrong with the file; a user's setting wins.
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
     try:
         args = build_parser().parse_args(argv)
     except UsageError as exc:

@@ -23,6 +23,7 @@ from pathlib import Path
 from engine.backends.base import Backend, BackendError
 from engine.contract import ContractError, ModelConfig
 from engine.cpu import has_int8_dot
+from engine.files import FileRefused, check_regular
 from engine.onnx_graph import FLOAT16
 
 __all__ = ["Backend", "BackendError", "ModelNotFound", "ModelSource", "Choice", "BACKENDS", "PRECISIONS",
@@ -103,6 +104,10 @@ def _read_onnx(path: Path, config: ModelConfig | None) -> tuple[ModelConfig | No
     """
     from engine.cachedir import remembered
 
+    try:  # a FIFO would block the read below; protobuf caps a graph at 2 GiB
+        check_regular(path, 2**31, "an ONNX model")
+    except FileRefused as exc:
+        raise ContractError(str(exc)) from None
     want = [config.input_name, config.output_name, config.input_size, config.embedding_dim] if config else None
 
     def check() -> dict:

@@ -93,20 +93,22 @@ class OnnxRuntimeBackend(Backend):
         self._session = _cached_session(ort, cached, opts, providers) if cached is not None else None
         if self._session is None:
             if cached is not None:  # written under a temporary name, renamed when whole
-                from engine.cachedir import scratch_path
+                from engine.files import scratch_file
 
-                tmp = scratch_path(cached)  # not .ort: ONNX Runtime writes the ONNX format for other names
+                tmp = scratch_file(cached)  # not .ort: ONNX Runtime writes the ONNX format for other names
                 opts.optimized_model_filepath = str(tmp)
                 opts.log_severity_level = 3  # its warning that the saved graph is for this CPU: the key says so
             try:
                 self._session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=providers)
             except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
+                if cached is not None:
+                    tmp.unlink(missing_ok=True)
                 raise BackendError(f"{onnx_path}: onnxruntime cannot load it ({type(exc).__name__}: {exc})") from None
             if cached is not None:
                 try:
                     os.replace(tmp, cached)
                 except OSError:
-                    pass
+                    tmp.unlink(missing_ok=True)
         self._input, self._output = input_name, output_name
         used = self._session.get_providers()[0]
         super().__init__(precision=precision, max_batch=max_batch, input_size=input_size,

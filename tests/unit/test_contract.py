@@ -87,8 +87,19 @@ def test_unreadable_model_json_is_a_contract_error(tmp_path, content, message):
     with pytest.raises(ContractError, match=message):
         ModelConfig.load(path)
     (tmp_path / "folder.json").mkdir()
-    with pytest.raises(ContractError, match="folder.json: cannot read"):
+    with pytest.raises(ContractError, match="folder.json: is a directory, not a model.json"):
         ModelConfig.load(tmp_path / "folder.json")
+    os.mkfifo(tmp_path / "fifo.json")  # refused, not opened: an open would wait for a writer forever
+    with pytest.raises(ContractError, match="fifo.json: is a FIFO"):
+        ModelConfig.load(tmp_path / "fifo.json")
+
+
+@pytest.mark.parametrize("name", ["/tmp/elsewhere/det", "../../../../etc/passwd", "sub/det", ".hidden"])
+def test_the_detector_is_a_shipped_name_never_a_path(name):
+    # model.json is input: a path here would have the runtime load and run any .onnx on the disk
+    with pytest.raises(ContractError, match="detector must be the name of a shipped detector"):
+        ModelConfig(detector=name)
+    assert ModelConfig(detector="blazeface_full_range").detector == "blazeface_full_range"
 
 
 def test_current_umask_is_read_without_changing_it():

@@ -239,6 +239,29 @@ def test_lfw_pairs_errors(tmp_path, body, message):
         read_lfw_pairs(root, txt)
 
 
+def test_lfw_pairs_with_a_bom_and_crlf_read_as_without(tmp_path):
+    root = _lfw(tmp_path / "lfw")
+    txt = tmp_path / "pairs.txt"
+    txt.write_bytes(b"\xef\xbb\xbf2\t1\r\nAnn\t1\t2\r\nAnn\t1\tCid\t1\r\nBob\t1\t2\r\nDee\t2\tCid\t1\r\n")
+    assert [(p.fold, p.label) for p in read_lfw_pairs(root, txt)] == [(0, 1), (0, 0), (1, 1), (1, 0)]
+
+
+def test_pairs_and_labels_that_are_not_regular_files_are_refused_without_blocking(tmp_path):
+    root = _lfw(tmp_path / "lfw")
+    fifo = tmp_path / "pairs.txt"
+    os.mkfifo(fifo)  # reading it would wait for a writer forever
+    with pytest.raises(DataError, match=r"pairs\.txt: is a FIFO \(named pipe\), not a text file"):
+        read_lfw_pairs(root, fifo)
+    with pytest.raises(DataError, match=r"/dev/zero: is a character device, not a text file"):
+        read_lfw_pairs(root, "/dev/zero")  # would fill memory before a line is parsed
+    folder = tmp_path / "p"
+    (folder / "images" / "00000000").mkdir(parents=True)
+    labels = tmp_path / "labels.csv"
+    os.mkfifo(labels)
+    with pytest.raises(DataError, match=r"labels\.csv: is a FIFO"):
+        read_pair_folder(folder, labels)
+
+
 @pytest.mark.data
 def test_real_lfw_pairs(face_data):
     pairs = read_lfw_pairs(face_data / "lfw-deepfunneled", face_data / "lfw-pairs.txt")

@@ -251,3 +251,37 @@ def test_a_given_preprocessor_must_make_the_backends_input_size():
 
     with pytest.raises(ValueError, match="px inputs"):
         Embedder(backend(), preprocessor=Preprocessor(size=S + 16))
+
+
+def test_a_cache_that_cannot_be_written_costs_speed_never_the_result(faces, reference, tmp_path, caplog):
+    cache = tmp_path / "cache"
+    with Embedder(backend(), cache_dir=cache, progress=False) as emb:
+        emb.embed_paths(faces[:1])
+    (folder,) = cache.iterdir()
+    (folder / "index.json").unlink()
+    (folder / "index.json").mkdir()  # unreadable and unwritable under that name
+    with caplog.at_level("WARNING", logger="engine.embedder"):
+        with Embedder(backend(), cache_dir=cache, progress=False) as emb:
+            res = emb.embed_paths(faces[:2])
+    np.testing.assert_allclose(res.embeddings, reference[:2], rtol=0, atol=1e-6)
+    assert any("embedding cache not saved" in r.message for r in caplog.records)
+    assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]  # no scratch file left
+
+
+def test_cache_writes_never_follow_a_planted_symlink(faces, tmp_path):
+    """A shared cache folder: another user plants links under the scratch names; their targets stay untouched."""
+    cache = tmp_path / "cache"
+    with Embedder(backend(), cache_dir=cache, progress=False) as emb:
+        emb.embed_paths(faces[:1])
+    (folder,) = cache.iterdir()
+    victims = []
+    for name in (".embeddings.npy.tmp", ".index.json.tmp", "index.json.tmp"):
+        victim = tmp_path / f"victim{len(victims)}.txt"
+        victim.write_text("precious")
+        (folder / name).symlink_to(victim)
+        victims.append(victim)
+    with Embedder(backend(), cache_dir=cache, progress=False) as emb:
+        assert emb.embed_paths(faces[:3]).n_embedded == 2
+    assert all(v.read_text() == "precious" for v in victims)
+    with Embedder(backend(), cache_dir=cache, progress=False) as emb:  # and the cache itself was saved
+        assert emb.embed_paths(faces[:3]).n_cached == 3

@@ -272,7 +272,7 @@ def _read_only(path: Path) -> Path:
 
 @pytest.mark.parametrize("case", ["out in missing folder", "out is a folder", "out in read-only folder",
                                   "cache is a file", "cache is /dev/null", "cache in read-only folder",
-                                  "report is a file"])
+                                  "report is a file", "report would replace a folder"])
 def test_output_paths_are_refused_before_any_image_is_embedded(capsys, monkeypatch, model, pairs_dir, tmp_path,
                                                                case):
     (tmp_path / "file.txt").write_text("x")
@@ -284,7 +284,9 @@ def test_output_paths_are_refused_before_any_image_is_embedded(capsys, monkeypat
         "cache is /dev/null": ("--cache", Path(os.devnull)),
         "cache in read-only folder": ("--cache", (tmp_path / "ro", "cache")),
         "report is a file": ("--report", tmp_path / "file.txt"),
+        "report would replace a folder": ("--report", tmp_path / "rep"),  # rep/roc.png is a folder
     }[case]
+    (tmp_path / "rep" / "roc.png").mkdir(parents=True)
     if isinstance(target, tuple):
         target = _read_only(target[0]) / target[1]
     monkeypatch.setattr("engine.embedder.Embedder.embed_paths", lambda *a, **k: pytest.fail("embedded first"))
@@ -529,3 +531,63 @@ def test_module_entry_point_runs(model, pairs_dir):
     for flag in ("--pairs", "--out", "--labels", "--lfw", "--lfw-pairs", "--report", "--json", "--model",
                  "--backend", "--precision", "--threshold", "--batch-size", "--workers", "--strict", "--cache"):
         assert flag in help_text
+
+
+def test_nothing_is_written_when_no_pair_could_be_scored(capsys, model, tmp_path):
+    folder = make_pairs(tmp_path / "p", 2)
+    for image in (folder / "images").rglob("*.jpg"):
+        image.write_bytes(b"not an image")
+    out_csv, report = tmp_path / "sub.csv", tmp_path / "rep"
+    for extra in (("--report", report), ()):  # labelled, then unlabelled (a submission only)
+        if not extra:
+            (folder / "pairs.csv").unlink()
+        code, out, _ = run(capsys, "--pairs", folder, "--out", out_csv, *extra, "--model", model, "--json")
+        assert code == 2 and "no pair could be scored" in _strict_json(out)["error"]
+        assert not out_csv.exists() and not report.exists()
+
+
+def test_out_naming_an_input_image_is_refused_before_any_work(capsys, monkeypatch, model, tmp_path):
+    folder = make_pairs(tmp_path / "p", 2)
+    image = folder / "images" / "00000003" / "0.jpg"
+    before = image.read_bytes()
+    monkeypatch.setattr("engine.embedder.Embedder.embed_paths", lambda *a, **k: pytest.fail("embedded first"))
+    code, out, _ = run(capsys, "--pairs", folder, "--out", image, "--model", model, "--json")
+    assert code == 2 and "is one of the job's inputs" in _strict_json(out)["error"]
+    assert image.read_bytes() == before
+
+
+def test_a_model_file_that_is_a_fifo_is_refused_not_waited_on(capsys, model, pairs_dir, tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "model.json").write_bytes((Path(model) / "model.json").read_bytes())
+    os.mkfifo(folder / "model.fp32.onnx")
+    a = pairs_dir / "images/00000003/0.jpg"
+    code, out, _ = run(capsys, a, a, "--model", folder, "--json")
+    assert code == 2 and _strict_json(out)["error"] == f"{folder / 'model.fp32.onnx'}: is a FIFO (named pipe), not an ONNX model"
+
+
+def test_cli_errors_are_one_line_of_ours_even_when_a_decoder_complains(model, pairs_dir, tmp_path):
+    """No 'None:' prefix, no OpenCV/libtiff log lines, no Pillow warnings: only engine.verify's own lines."""
+    import struct
+
+    from PIL import Image
+
+    def cli(*argv):
+        return subprocess.run([sys.executable, "-m", "engine.verify", *map(str, argv), "--no-progress"],
+                              capture_output=True, text=True, cwd=REPO, timeout=120)
+
+    done = cli()
+    assert done.returncode == 2 and done.stderr.strip() == (
+        "engine.verify: error: give exactly one of: two images (IMG_A IMG_B), --pairs DIR, --lfw DIR")
+    a = pairs_dir / "images/00000003/0.jpg"
+    tiff = tmp_path / "half.tif"
+    Image.fromarray(synthetic_face(1, size=64)).save(tiff)
+    tiff.write_bytes(tiff.read_bytes()[: tiff.stat().st_size // 2])
+    jpg = a.read_bytes()
+    app1 = b"Exif\0\0II*\0" + struct.pack("<I", 0xFFFFFFF0)  # first IFD far past the end
+    bad_exif = tmp_path / "bad_exif.jpg"
+    bad_exif.write_bytes(jpg[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + jpg[2:])
+    for other, code in ((tiff, 2), (bad_exif, 0)):
+        done = cli(a, other, "--model", model, "--threshold", "-1")
+        assert done.returncode == code, done.stderr
+        assert all(line.startswith("engine.verify: ") for line in done.stderr.splitlines()), done.stderr

@@ -1,0 +1,108 @@
+"""Reading a file a user named: only a regular file, without blocking, never past a size limit.
+
+Images, pairs lists, label files and model files all come from paths on the
+command line, and any of them can be a FIFO (an open would wait for a writer
+forever), a device (``/dev/zero`` never ends), a directory or a symlink loop.
+Each is refused with one line naming the path and what it is.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+class FileRefused(ValueError):
+    """One line: ``<path>: <why>``; callers re-raise it as their own error class."""
+
+
+def os_reason(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "symlink loop (too many levels of symbolic links)"
+    if exc.errno == errno.ENOTDIR:
+        return "no such file (a parent is not a folder)"
+    if exc.errno == errno.ENAMETOOLONG:
+        return "file name too long"
+    return f"cannot read ({exc.strerror or exc})"
+
+
+def _check(path: Path, st: os.stat_result, limit: int, what: str) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((kind for test, kind in _KINDS if test(st.st_mode)), "a special file")
+        raise FileRefused(f"{path}: is {kind}, not {what}")
+    if st.st_size > limit:
+        raise FileRefused(f"{path}: {st.st_size:,} bytes, over the {limit:,} byte limit for {what}")
+
+
+def check_regular(path: str | os.PathLike, limit: int, what: str) -> os.stat_result:
+    """Stat ``path``; :class:`FileRefused` says what it is when not a regular file of at most ``limit`` bytes."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise FileRefused(f"{path}: broken symlink (to {os.readlink(path)})") from None
+        raise FileRefused(f"{path}: no such file") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the name
+        raise FileRefused(f"{path}: {os_reason(exc) if isinstance(exc, OSError) else 'invalid file name'}") from None
+    _check(path, st, limit, what)
+    return st
+
+
+def read_regular(path: str | os.PathLike, limit: int, what: str) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes, else :class:`FileRefused`.
+
+    Opened without blocking and checked again on the open descriptor, so what
+    is read is what was checked; at most ``limit + 1`` bytes are ever read.
+    """
+    path = Path(path)
+    check_regular(path, limit, what)  # the clear message for the common cases
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise FileRefused(f"{path}: no such file") from None
+    except OSError as exc:
+        raise FileRefused(f"{path}: {os_reason(exc)}") from None
+    try:
+        _check(path, os.fstat(fd), limit, what)  # it may have been swapped since the stat
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise FileRefused(f"{path}: {os_reason(exc)}") from None
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise FileRefused(f"{path}: over the {limit:,} byte limit for {what}")
+    return data
+
+
+def scratch_file(path: str | os.PathLike) -> Path:
+    """A new, empty, hidden file beside ``path`` to fill and then ``os.replace`` onto it.
+
+    Created exclusively (``mkstemp``: O_CREAT | O_EXCL, mode 0600), so a
+    symlink planted under a predictable name in a shared cache folder is never
+    followed, and concurrent writers never share one file.
+    """
+    import tempfile
+
+    path = Path(path)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    return Path(name)
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a :func:`scratch_file` and a rename: readers never see half a file,
+    and on failure nothing is left behind (the ``OSError`` is raised)."""
+    tmp = scratch_file(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
