@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.files import FileRefused, read_regular
+from engine.files import FileRefused, check_regular, read_regular
 
 # Pair types, as written by ``training.prepare`` into pairs.csv.
 GENUINE = "genuine"            # two real images of the same person (label 1)
@@ -503,7 +503,14 @@ def read_pair_folder(folder: str | os.PathLike, labels_csv: str | os.PathLike | 
         a, b = images / pid / "0.jpg", images / pid / "1.jpg"
         for p in (a, b):
             if not _is_file(p):
-                raise DataError(f"{p}: missing (each pair folder holds 0.jpg and 1.jpg)")
+                try:  # there, but a FIFO, a folder, a symlink loop ...: say which
+                    p.lstat()
+                except (OSError, ValueError):
+                    raise DataError(f"{p}: missing (each pair folder holds 0.jpg and 1.jpg)") from None
+                try:
+                    check_regular(p, sys.maxsize, "an image")  # its size is checked when it is read
+                except FileRefused as exc:
+                    raise DataError(f"{exc} (each pair folder holds 0.jpg and 1.jpg)") from None
         if labels is None:
             pairs.append(Pair(pid, a, b))
         else:

@@ -239,6 +239,23 @@ def test_lfw_pairs_errors(tmp_path, body, message):
         read_lfw_pairs(root, txt)
 
 
+def test_a_pair_image_that_is_not_a_file_is_named_for_what_it_is(tmp_path):
+    folder = tmp_path / "p"
+    pair = folder / "images" / "00000001"
+    pair.mkdir(parents=True)
+    (pair / "1.jpg").write_bytes(b"x")
+    image = pair / "0.jpg"
+    for make, why in ((os.mkfifo, "is a FIFO"), (Path.mkdir, "is a directory"),
+                      (lambda p: p.symlink_to(p), "symlink loop"), (lambda p: None, "missing")):
+        make(image)
+        with pytest.raises(DataError, match=f"0.jpg: {why}"):
+            read_pair_folder(folder)
+        if image.is_dir() and not image.is_symlink():
+            image.rmdir()
+        elif image.is_symlink() or image.exists():
+            image.unlink()
+
+
 def test_lfw_pairs_with_a_bom_and_crlf_read_as_without(tmp_path):
     root = _lfw(tmp_path / "lfw")
     txt = tmp_path / "pairs.txt"
