@@ -359,3 +359,17 @@ def test_framing_bench_refuses_a_bad_frame_size(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--lfw", "x", "--lfw-pairs", "y", "--frames", "100x100"])
     assert exc.value.code == 2 and "--frames" in capsys.readouterr().err
+
+
+def test_upright_bench_counts_each_rule_on_a_few_lfw_photos(face_data, tmp_path, capsys):
+    from bench.upright import main
+
+    out = tmp_path / "rows.json"
+    assert main(["--lfw", str(face_data / "lfw-deepfunneled"), "--count", "6", "--turned", "6",
+                 "--json", str(out)]) == 0
+    rows = {r["turn"]: r for r in json.loads(out.read_text())}
+    assert list(rows) == ["upright", "90 clockwise", "90 anticlockwise", "180"]
+    assert rows["upright"]["detections"] == 6 and rows["upright"]["refused"] == 0
+    for r in rows.values():  # the runtime's check refuses at least what either rule alone does
+        assert max(r["refused_eye_line"], r["refused_tilt"]) <= r["refused"] <= r["detections"] <= r["photos"]
+    assert rows["90 clockwise"]["refused"] >= 1 and "largest tilt" in capsys.readouterr().out

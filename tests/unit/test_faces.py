@@ -194,8 +194,23 @@ def test_small_face_warns_and_several_faces_take_the_largest(face_data):
 
 def test_rotated_face_is_reported_not_misaligned(face_data):
     rgb = decode(_lfw(face_data).read_bytes())
-    with pytest.raises(NoFaceError, match="no (upright )?face found"):
-        Preprocessor(ALIGNED).prepare(np.ascontiguousarray(np.rot90(rgb, -1)), "rot.jpg")
+    for turn in (-1, 1):  # the eye-line rule alone let the anticlockwise turn through (scored as a stranger)
+        with pytest.raises(NoFaceError, match="no (upright )?face found"):
+            Preprocessor(ALIGNED).prepare(np.ascontiguousarray(np.rot90(rgb, turn)), "rot.jpg")
+
+
+@pytest.mark.parametrize("degrees, upright", [(0, True), (30, True), (-44, True), (-46, False), (60, False),
+                                              (90, False), (-90, False)])
+def test_a_face_tilted_past_45_degrees_is_not_upright(degrees, upright):
+    from engine.detect import Face
+
+    # eyes 40 px apart, mouth 45 px below their midpoint, the whole face turned about its centre
+    points = np.array([[-20, -20], [20, -20], [0, 0], [0, 25], [-30, -15], [30, -15]], np.float64)
+    a = np.radians(degrees)
+    turned = points @ np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]]) + 100
+    face = Face((50.0, 50.0, 150.0, 150.0), 0.9, turned.astype(np.float32))
+    assert face.eye_line_ok  # in its own frame every turn looks like a face
+    assert face.upright is upright and abs(face.tilt - abs(degrees)) < 1e-3
 
 
 def test_training_calibration_and_runtime_crops_are_byte_identical(face_data, tmp_path):
