@@ -106,11 +106,14 @@ Args parse(int argc, char** argv) {
 
 void err(const std::string& message) { std::fprintf(stderr, "faceverify: %s\n", message.c_str()); }
 
+// A file name is bytes, not always UTF-8: invalid bytes become U+FFFD, so no output ever fails on one.
+std::string text(const json& doc) { return doc.dump(-1, ' ', false, json::error_handler_t::replace); }
+
 int fail(const std::string& message, bool json_output) {
     std::string line;
     for (char ch : message) line += (ch == '\n' || ch == '\r') ? ' ' : ch;  // one line
     err("error: " + line);
-    if (json_output) std::printf("%s\n", json({{"error", line}}).dump().c_str());
+    if (json_output) std::printf("%s\n", text(json({{"error", line}})).c_str());
     return EXIT_ERROR;
 }
 
@@ -165,7 +168,7 @@ void write_embeddings(const std::string& file, fv_handle* h, const std::vector<s
     doc["dim"] = dim;
     doc["images"] = rows;
     std::ofstream out(file);
-    out << doc.dump() << "\n";
+    out << text(doc) << "\n";
     if (!out) throw std::runtime_error(file + ": cannot write the embeddings");
 }
 
@@ -204,7 +207,7 @@ int two_images(fv_handle* h, const Args& a) {
             info["detection"] = {{"image_a", face_json(fa)}, {"image_b", face_json(fb)}};
         if (!warnings.empty()) info["warnings"] = warnings;
         if (!has_thr) info["error"] = no_threshold;
-        std::printf("%s\n", info.dump().c_str());
+        std::printf("%s\n", text(info).c_str());
     } else {
         std::printf("similarity: %.4f\n", sim);
         if (!has_thr)
@@ -246,7 +249,7 @@ int embed_many(fv_handle* h, const Args& a) {
         json info = {{"images", n}, {"images_failed", failed}, {"seconds", seconds}, {"images_per_s", rate}};
         info.update(describe(h));
         if (!failures.empty()) info["error"] = failures;
-        std::printf("%s\n", info.dump().c_str());
+        std::printf("%s\n", text(info).c_str());
     } else {
         std::printf("%d images (%d failed) in %.3f s: %.1f images/s (%s, %s)\n", n, failed, seconds, rate,
                     fv_backend(h), fv_precision(h));
@@ -257,6 +260,9 @@ int embed_many(fv_handle* h, const Args& a) {
 }  // namespace
 
 int main(int argc, char** argv) {
+    // OpenCV's own log lines (libtiff warnings, "can't read data") would come before the one error line
+    // that says what was wrong with the file; read by OpenCV on first use, and a user's setting wins.
+    setenv("OPENCV_LOG_LEVEL", "SILENT", 0);
     bool json_output = false;
     for (int i = 1; i < argc; ++i) json_output |= std::strcmp(argv[i], "--json") == 0;
     Args a;

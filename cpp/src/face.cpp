@@ -20,15 +20,18 @@ float Face::size() const {
 
 bool Face::upright() const {
     // The mouth below the eyes' midpoint, within half the eye distance along
-    // the eye line: BlazeFace still fires on faces turned 90/180 degrees, with
-    // keypoints that break this (measured in engine/detect.py).
+    // the eye line, and the face tilted at most 45 degrees from the vertical:
+    // BlazeFace still fires on faces turned 90/180 degrees, with keypoints
+    // that break this (measured in engine/detect.py, Face.upright).
     double e0x = keypoints[0], e0y = keypoints[1], e1x = keypoints[2], e1y = keypoints[3];
     double mx = keypoints[6], my = keypoints[7];
     double span = std::hypot(e1x - e0x, e1y - e0y);
     if (span < 1e-6) return false;
     double ux = (e1x - e0x) / span, uy = (e1y - e0y) / span;
     double rx = mx - (e0x + e1x) / 2, ry = my - (e0y + e1y) / 2;
-    return std::abs(rx * ux + ry * uy) <= 0.5 * span && (rx * -uy + ry * ux) > 0;
+    constexpr double max_tilt_cos = 0.70710678118654752;  // cos(45 degrees)
+    return std::abs(rx * ux + ry * uy) <= 0.5 * span && (rx * -uy + ry * ux) > 0 &&
+           ry >= max_tilt_cos * std::hypot(rx, ry);
 }
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)

@@ -145,13 +145,14 @@ Size jpeg_size(const std::vector<uint8_t>& d) {
         }
         if (m == 0xD9 || m == 0xDA) return NO_SIZE;  // end of image / scan before any frame header
         uint32_t len = be16(&d[pos + 2]);
-        if (len < 2) return NO_SIZE;
         bool sof = m >= 0xC0 && m <= 0xCF && m != 0xC4 && m != 0xC8 && m != 0xCC;
         if (sof) {
             if (pos + 9 > d.size() || len < 7) return NO_SIZE;
             return {be16(&d[pos + 7]), be16(&d[pos + 5])};
         }
-        pos += 2 + len;
+        // A length under 2 is malformed, but Pillow (the Python side's header reader) and libjpeg read no
+        // payload and go on after the length bytes, and decode the image: so does this.
+        pos += 2 + std::max<uint32_t>(len, 2);
     }
     return NO_SIZE;
 }
@@ -366,6 +367,80 @@ bool truncated_jpeg(const std::vector<uint8_t>& d) {
     return sos < 0 || find(static_cast<size_t>(sos), 0xD9) < 0;
 }
 
+// ------------------------------------------------------------- where OpenCV 4.6 differs from the Python side's 5
+
+namespace {
+
+// Tag 0x0112 in the first IFD of a WebP EXIF chunk's TIFF block, read as OpenCV 5 reads it (checked
+// against it on hostile variants): no "Exif\0\0" prefix, the first such tag, its value as a SHORT whatever
+// type and count the entry claims. 0 when there is none or it is not 1-8. Every offset is checked against
+// `n` before it is read.
+int exif_orientation(const uint8_t* p, size_t n) {
+    if (n < 8 || !(std::memcmp(p, "II*\0", 4) == 0 || std::memcmp(p, "MM\0*", 4) == 0)) return 0;
+    const bool little = p[0] == 'I';
+    auto u16 = [&](size_t at) { return little ? le16(p + at) : be16(p + at); };
+    size_t ifd = little ? le32(p + 4) : be32(p + 4);
+    if (ifd > n || n - ifd < 2) return 0;
+    const size_t count = u16(ifd);
+    for (size_t k = 0, at = ifd + 2; k < count && n - at >= 12; ++k, at += 12)  // at <= n holds throughout
+        if (u16(at) == 0x0112) {
+            int value = static_cast<int>(u16(at + 8));
+            return value >= 1 && value <= 8 ? value : 0;
+        }
+    return 0;
+}
+
+// The orientation in a WebP file's EXIF chunk. OpenCV 4.6 ignores it (it applies JPEG's, PNG's and TIFF's);
+// the Python side's OpenCV 5 applies it, so a phone's sideways-stored WebP must be turned here.
+int webp_orientation(const std::vector<uint8_t>& d) {
+    size_t pos = 12;  // after "RIFF" <size> "WEBP"
+    while (pos <= d.size() && d.size() - pos >= 8) {
+        const size_t len = le32(&d[pos + 4]), start = pos + 8;
+        if (len > d.size() - start) return 0;  // a chunk running past the end: no orientation read from it
+        if (std::memcmp(&d[pos], "EXIF", 4) == 0) return exif_orientation(&d[start], len);
+        pos = start + len + (len & 1);  // chunks are padded to an even size
+    }
+    return 0;
+}
+
+// The stored pixels turned upright, as OpenCV applies an EXIF orientation.
+cv::Mat turned_upright(const cv::Mat& img, int orientation) {
+    cv::Mat out;
+    switch (orientation) {
+        case 2: cv::flip(img, out, 1); break;
+        case 3: cv::flip(img, out, -1); break;
+        case 4: cv::flip(img, out, 0); break;
+        case 5: cv::transpose(img, out); break;
+        case 6: cv::rotate(img, out, cv::ROTATE_90_CLOCKWISE); break;
+        case 7:
+            cv::transpose(img, out);
+            cv::flip(out, out, -1);
+            break;
+        case 8: cv::rotate(img, out, cv::ROTATE_90_COUNTERCLOCKWISE); break;
+        default: return img;
+    }
+    return out;
+}
+
+// The channel order of a PAM read as stored (IMREAD_UNCHANGED): RGB(A) in OpenCV 4.6 and 5.1, where
+// every other reader returns BGR(A). Asked of OpenCV itself, once, with a 1x1 pure red file, so the
+// runner stays right when OpenCV changes.
+bool pam_decodes_as_rgb() {
+    static const bool rgb = [] {
+        static const char red[] = "P7\nWIDTH 1\nHEIGHT 1\nDEPTH 3\nMAXVAL 255\nTUPLTYPE RGB\nENDHDR\n\xff\x00\x00";
+        cv::Mat buf(1, static_cast<int>(sizeof red - 1), CV_8UC1, const_cast<char*>(red));
+        cv::Mat px = cv::imdecode(buf, cv::IMREAD_UNCHANGED);
+        return px.type() == CV_8UC3 && px.at<cv::Vec3b>(0, 0)[0] == 255;
+    }();
+    return rgb;
+}
+
+bool animated_webp(const std::vector<uint8_t>& d) {
+    return starts(d, 12, "VP8X", 4) && d.size() > 20 && (d[20] & 0x02);  // the VP8X animation flag
+}
+
+}  // namespace
+
 cv::Mat decode(const std::vector<uint8_t>& data, const std::string& source) {
     if (data.empty()) throw Error(source + ": empty file (0 bytes)");
     if (static_cast<long long>(data.size()) > MAX_FILE_BYTES)
@@ -387,13 +462,25 @@ cv::Mat decode(const std::vector<uint8_t>& data, const std::string& source) {
     try {
         // The wrapping Mat is read only; imdecode copies nothing back into it.
         cv::Mat buf(1, static_cast<int>(data.size()), CV_8UC1, const_cast<uint8_t*>(data.data()));
-        // As in Python: these flags apply the EXIF orientation (IMREAD_UNCHANGED ignores it).
-        img = cv::imdecode(buf, cv::IMREAD_ANYDEPTH | cv::IMREAD_ANYCOLOR);
+        // As in Python: these flags apply the EXIF orientation (IMREAD_UNCHANGED ignores it). A WebP's is
+        // applied below, by the runner, whatever this OpenCV does with it, so it is applied exactly once.
+        int flags = cv::IMREAD_ANYDEPTH | cv::IMREAD_ANYCOLOR;
+        if (fmt == "WEBP") flags |= cv::IMREAD_IGNORE_ORIENTATION;
+        // A PAM is read as stored (it carries no orientation) and converted below: OpenCV 4.6's own
+        // conversion of a 2- or 4-channel PAM to 3 channels returns garbage pixels.
+        if (fmt == "PAM") flags = cv::IMREAD_UNCHANGED;
+        img = cv::imdecode(buf, flags);
     } catch (const cv::Exception& e) {  // OpenCV asserts on some malformed files instead of returning empty
         std::string msg = e.err.empty() ? "error" : e.err;
         throw Error(source + ": not a decodable image (OpenCV: " + msg + ")");
     }
+    // OpenCV 4.6 (Debian 12's) has no GIF reader and reads no animated WebP; the Python side's OpenCV 5 reads both.
+    if (img.empty() && (fmt == "GIF" || animated_webp(data)))
+        throw Error(source + ": " + (fmt == "GIF" ? "GIF" : "animated WebP") + " images are not supported by the "
+                    "C++ runner with OpenCV " + CV_VERSION + " (the Python runtime reads them); "
+                    "convert to JPEG or PNG");
     if (img.empty()) throw Error(source + ": not a decodable image");
+    if (fmt == "WEBP") img = turned_upright(img, webp_orientation(data));
     if (img.depth() == CV_16U) {
         cv::Mat out(img.size(), CV_MAKETYPE(CV_8U, img.channels()));
         const size_t n = img.total() * img.channels();
@@ -415,11 +502,19 @@ cv::Mat decode(const std::vector<uint8_t>& data, const std::string& source) {
         for (size_t i = 0; i < n; ++i) o[i] = static_cast<uint8_t>(s[i]);
         img = out;
     }
+    const bool as_rgb = fmt == "PAM" && pam_decodes_as_rgb();
     cv::Mat rgb;
     switch (img.channels()) {
         case 1: cv::cvtColor(img, rgb, cv::COLOR_GRAY2RGB); break;
-        case 3: cv::cvtColor(img, rgb, cv::COLOR_BGR2RGB); break;
-        case 4: cv::cvtColor(img, rgb, cv::COLOR_BGRA2RGB); break;
+        case 2:  // grey + alpha: only a PAM, read as stored
+            cv::extractChannel(img, rgb, 0);
+            cv::cvtColor(rgb, rgb, cv::COLOR_GRAY2RGB);
+            break;
+        case 3:
+            if (as_rgb) rgb = img;
+            else cv::cvtColor(img, rgb, cv::COLOR_BGR2RGB);
+            break;
+        case 4: cv::cvtColor(img, rgb, as_rgb ? cv::COLOR_RGBA2RGB : cv::COLOR_BGRA2RGB); break;
         default: throw Error(source + ": unsupported channel count " + std::to_string(img.channels()));
     }
     return rgb;

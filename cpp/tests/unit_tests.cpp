@@ -214,6 +214,18 @@ fv::Face face_at(float cx, float cy, float span) {
     return f;
 }
 
+// The face_at keypoints turned by `degrees` about the face's centre (y down, as in an image).
+fv::Face turned(float degrees) {
+    fv::Face f = face_at(100, 100, 40);
+    const double a = degrees * 3.14159265358979 / 180, c = std::cos(a), s = std::sin(a);
+    for (int k = 0; k < 6; ++k) {
+        const double x = f.keypoints[2 * k] - 100, y = f.keypoints[2 * k + 1] - 100;
+        f.keypoints[2 * k] = static_cast<float>(100 + c * x - s * y);
+        f.keypoints[2 * k + 1] = static_cast<float>(100 + s * x + c * y);
+    }
+    return f;
+}
+
 void test_main_face() {
     // The central face wins among those at least half the largest's size; a
     // tiny central face loses to a big one.
@@ -236,6 +248,9 @@ void test_upright() {
     fv::Face degenerate = f;
     degenerate.keypoints[2] = degenerate.keypoints[0], degenerate.keypoints[3] = degenerate.keypoints[1];
     CHECK(!degenerate.upright());
+    // A whole face turned: the eye-line rule alone holds at any angle; the tilt limit is 45 degrees.
+    for (float d : {0.f, 30.f, -44.f}) CHECK(turned(d).upright());
+    for (float d : {46.f, -60.f, 90.f, -90.f, 180.f}) CHECK(!turned(d).upright());
 }
 
 // ------------------------------------------------------------- model.json, sidecar
@@ -353,6 +368,15 @@ void test_image_checks() {
     CHECK_ERROR(fv::decode(bytes("just some text"), "t.jpg"), "t.jpg: not a decodable image");
     CHECK_ERROR(fv::decode(bytes("\xff\xd8\xff\xe0\x00\x02"), "d.jpg"), "d.jpg: damaged JPEG header");
     CHECK_ERROR(fv::decode(bytes(std::string("\0\0\0\x0cjP  \r\n\x87\n", 12)), "x.jp2"), "not supported by the C++ runner");
+    // PAM: red stays red with 3 channels (OpenCV returns them in RGB order) and 4 (OpenCV 4.6 garbles those).
+    for (int depth : {3, 4}) {
+        std::string pam = "P7\nWIDTH 8\nHEIGHT 8\nDEPTH " + std::to_string(depth) + "\nMAXVAL 255\nTUPLTYPE " +
+                          (depth == 3 ? "RGB" : "RGB_ALPHA") + "\nENDHDR\n";
+        for (int i = 0; i < 64; ++i) pam += std::string("\xff\0\0\xff", static_cast<size_t>(depth));
+        CHECK(fv::decode(bytes(pam), "red.pam").at<cv::Vec3b>(4, 4) == cv::Vec3b(255, 0, 0));
+    }
+    CHECK_ERROR(fv::decode(bytes(std::string("GIF89a\x08\0\x08\0\0\0\0;", 14)), "a.gif"),
+                "a.gif: GIF images are not supported by the C++ runner");
     std::vector<uint8_t> jpg;
     cv::imencode(".jpg", img, jpg);
     std::vector<uint8_t> cut(jpg.begin(), jpg.begin() + static_cast<long>(jpg.size() / 2));

@@ -24,8 +24,11 @@ here, 4.1e-3 worst over 60 photos) instead of 1e-3.
 """
 from __future__ import annotations
 
+import io
 import json
+import os
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -34,7 +37,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import REPO, face_data_dir, write_exif_jpeg
+from conftest import _STORED_AS, REPO, face_data_dir, write_exif_jpeg
 
 BUILD = REPO / "build" / "pytest-cpp"
 CLI = BUILD / "faceverify"
@@ -254,6 +257,151 @@ def test_two_image_cli_matches_python(cli, photos, compared):
     assert f"(threshold {threshold:.4f})" in lines[1]
 
 
+# ------------------------------------------------------------------ decoding: Python's outcome for the same file
+
+def embed_both(cli: Path, paths: list[Path], out: Path) -> tuple[list, np.ndarray]:
+    """FP16 embeddings of ``paths`` from the C++ CLI (None where it refused the file) and from Python (NaN rows)."""
+    from engine.backends import open_backend
+    from engine.embedder import Embedder
+
+    run_cli(cli, "--embed", *paths, "--precision", "fp16", "--dump-embeddings", out)
+    cpp = [r["embedding"] for r in json.loads(out.read_text())["images"]]
+    with Embedder(open_backend(None, backend="openvino", precision="fp16"), progress=False) as embedder:
+        py = embedder.embed_paths(paths).embeddings
+    return cpp, py
+
+
+def check_same_outcomes(names: list[str], cpp: list, py: np.ndarray) -> None:
+    for name, c, p in zip(names, cpp, py):
+        assert (c is None) == bool(np.isnan(p).any()), f"{name}: C++ {'refused' if c is None else 'embedded'} it"
+        if c is not None:
+            assert cosine(np.array([c], np.float32), p[None])[0] >= MIN_COSINE, name
+
+
+def webp_with_exif(rgb: np.ndarray, exif: bytes) -> bytes:
+    """A lossless WebP whose EXIF chunk holds exactly ``exif`` (Pillow strips an "Exif\0\0" prefix itself)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "WEBP", lossless=True)
+    h, w = rgb.shape[:2]
+    size = (w - 1).to_bytes(3, "little") + (h - 1).to_bytes(3, "little")
+    vp8x = b"VP8X" + struct.pack("<I", 10) + b"\x08\0\0\0" + size  # flags: EXIF present
+    chunk = b"EXIF" + struct.pack("<I", len(exif)) + exif + b"\0" * (len(exif) % 2)
+    body = b"WEBP" + vp8x + buf.getvalue()[12:] + chunk
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def exif_ifd(order: bytes, entries: list[tuple[int, int, int, bytes]], ifd: int = 8, count: int | None = None) -> bytes:
+    o = "<" if order == b"II" else ">"
+    out = order + struct.pack(o + "HIH", 42, ifd, len(entries) if count is None else count)
+    return out + b"".join(struct.pack(o + "HHI", *e[:3]) + e[3] for e in entries) + b"\0\0\0\0"
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_webp_exif_orientation_matches_python(cli, face_data, tmp_path):
+    """A WebP stored turned under each EXIF orientation decodes upright in both (OpenCV 4.6 ignores a WebP's
+    orientation, the runner applies it), and hostile EXIF chunks are read as the Python side's OpenCV reads them."""
+    from PIL import Image
+
+    upright = np.asarray(Image.open(face_data / "lfw-deepfunneled/Aaron_Peirsol/Aaron_Peirsol_0001.jpg").convert("RGB"))
+    upright = np.pad(upright, ((40, 40), (0, 0), (0, 0)), constant_values=120)  # not square: a wrong turn shows
+
+    def stored(k: int) -> np.ndarray:
+        image = Image.fromarray(upright)
+        return np.asarray(image if k == 1 else image.transpose(getattr(Image.Transpose, _STORED_AS[k])))
+
+    def short(order: bytes, value: int) -> bytes:  # an entry's value field holding a SHORT
+        return struct.pack("<HH" if order == b"II" else ">HH", value, 0)
+
+    # Both byte orders; the orientation is the second entry, so the reader walks the IFD.
+    files = {f"orientation-{k}": webp_with_exif(stored(k), exif_ifd(order, [(0x0100, 3, 1, short(order, 1)),
+                                                                           (0x0112, 3, 1, short(order, k))]))
+             for k in range(1, 9) for order in [b"II" if k % 2 else b"MM"]}
+    files.update({  # stored turned as orientation 6 says; whether it ends upright depends on how the tag is read
+        "exif-prefix": webp_with_exif(stored(6), b"Exif\0\0" + exif_ifd(b"II", [(0x0112, 3, 1, short(b"II", 6))])),
+        "long-value": webp_with_exif(stored(6), exif_ifd(b"II", [(0x0112, 4, 1, struct.pack("<I", 6))])),
+        "count-past-end": webp_with_exif(stored(6), exif_ifd(b"II", [(0x0112, 3, 1, short(b"II", 6))], count=0xFFFF)),
+        "ifd-out-of-range": webp_with_exif(stored(6), exif_ifd(b"II", [(0x0112, 3, 1, short(b"II", 6))],
+                                                               ifd=0xFFFFFFF0)),
+        "bad-magic": webp_with_exif(stored(6), b"II\x2b\0" + exif_ifd(b"II", [(0x0112, 3, 1, short(b"II", 6))])[4:]),
+        "truncated-ifd": webp_with_exif(stored(6), exif_ifd(b"II", [(0x0112, 3, 1, short(b"II", 6))])[:14]),
+    })
+    paths = []
+    for name, data in files.items():
+        paths.append(tmp_path / f"{name}.webp")
+        paths[-1].write_bytes(data)
+    cpp, py = embed_both(cli, paths, tmp_path / "emb.json")
+    check_same_outcomes(list(files), cpp, py)
+    # Lossless and turned back exactly: the upright photo's pixels, so its embedding, under every orientation.
+    assert all(c is not None for c in cpp[:8])
+    turned = np.array(cpp[:8], np.float32)
+    assert cosine(turned, np.repeat(turned[:1], 8, 0)).min() >= 0.99999
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_pam_decodes_as_png(cli, face_data, tmp_path):
+    """PAM files (RGB, RGB_ALPHA, GRAYSCALE_ALPHA) give the embedding of a PNG of the same pixels, in C++ and Python:
+    OpenCV returns a 3-channel PAM in RGB order (red and blue swapped: 0.51 against the same photo's JPEG), and
+    OpenCV 4.6 garbles 2- and 4-channel ones when it converts them itself."""
+    rgb = cv2.imread(str(face_data / "lfw-deepfunneled/Aaron_Peirsol/Aaron_Peirsol_0001.jpg"))[:, :, ::-1]
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    h, w = grey.shape
+    alpha = np.full((h, w, 1), 255, np.uint8)
+
+    def pam(pixels: np.ndarray, tuple_type: str) -> bytes:
+        depth = pixels.shape[2]
+        return (f"P7\nWIDTH {w}\nHEIGHT {h}\nDEPTH {depth}\nMAXVAL 255\nTUPLTYPE {tuple_type}\nENDHDR\n".encode()
+                + np.ascontiguousarray(pixels).tobytes())
+
+    files = {"rgb.png": cv2.imencode(".png", rgb[:, :, ::-1])[1].tobytes(), "rgb.pam": pam(rgb, "RGB"),
+             "rgba.pam": pam(np.dstack([rgb, alpha]), "RGB_ALPHA"), "grey.png": cv2.imencode(".png", grey)[1].tobytes(),
+             "grey-alpha.pam": pam(np.dstack([grey, alpha]), "GRAYSCALE_ALPHA")}
+    paths = []
+    for name, data in files.items():
+        paths.append(tmp_path / name)
+        paths[-1].write_bytes(data)
+    cpp, py = embed_both(cli, paths, tmp_path / "emb.json")
+    check_same_outcomes(list(files), cpp, py)
+    cpp = np.array(cpp, np.float32)
+    # The same pixels: the same model input, so the same embedding to float rounding.
+    assert cosine(cpp[[1, 2]], cpp[[0, 0]]).min() >= 0.99999 and cosine(cpp[[4]], cpp[[3]])[0] >= 0.99999
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_short_jpeg_app_segment_decodes_as_python(cli, face_data, tmp_path):
+    """An APP1 segment of length 1 (malformed): Pillow and libjpeg skip only its length bytes and decode the
+    image, so the runner does too, instead of calling the header damaged."""
+    photo = face_data / "lfw-deepfunneled/Aaron_Peirsol/Aaron_Peirsol_0001.jpg"
+    jpg = photo.read_bytes()
+    odd = tmp_path / "app1-length-1.jpg"
+    odd.write_bytes(jpg[:2] + b"\xff\xe1\x00\x01" + jpg[2:])
+    cpp, py = embed_both(cli, [photo, odd], tmp_path / "emb.json")
+    check_same_outcomes(["photo", odd.name], cpp, py)
+    assert cosine(np.array(cpp[1:], np.float32), np.array(cpp[:1], np.float32))[0] >= 0.99999
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_json_output_with_a_non_utf8_file_name(cli, face_data, tmp_path):
+    """A file name is bytes: --json prints valid JSON (invalid bytes as U+FFFD) and decides, never exit 2."""
+    photo = face_data / "lfw-deepfunneled/Aaron_Peirsol/Aaron_Peirsol_0001.jpg"
+    odd = tmp_path / os.fsdecode(b"\xff\xfe\xc3(face.jpg")
+    shutil.copy(photo, odd)
+    for args, codes in (([photo, odd], (0, 1)), ([odd, tmp_path / os.fsdecode(b"\xffmissing.jpg")], (2,))):
+        done = subprocess.run([str(cli), "--json", *map(str, args)], capture_output=True, timeout=120)
+        assert done.returncode in codes, done.stderr.decode(errors="replace")
+        info = json.loads(done.stdout.decode("utf-8"))  # strict: valid UTF-8
+        if codes == (0, 1):
+            assert info["image_b"] == f"{tmp_path}/\ufffd\ufffd\ufffd(face.jpg"
+            assert info["match"] == (done.returncode == 0)
+        else:
+            assert "\ufffdmissing.jpg: no such file" in info["error"]
+
+
 # ------------------------------------------------------------------ errors: exit 2, one line naming the input
 
 def check_error(done: subprocess.CompletedProcess, *parts: str) -> None:
@@ -279,6 +427,15 @@ def test_error_paths(cli, tmp_path):
     heic = tmp_path / "IMG_0001.HEIC"
     heic.write_bytes(b"\0\0\0\x18ftypheic\0\0\0\0mif1heic" + b"\0" * 64)
     check_error(run_cli(cli, heic, noise), f"{heic}: HEIC/HEIF image, which this runtime cannot decode")
+    # OpenCV 4.6 (Debian 12's) reads no GIF and no animated WebP; the Python runtime's OpenCV 5 reads both.
+    from PIL import Image
+
+    picture = Image.open(noise)
+    gif, animated = tmp_path / "picture.gif", tmp_path / "animated.webp"
+    picture.save(gif)
+    picture.save(animated, save_all=True, append_images=[picture.rotate(90)], lossless=True)
+    check_error(run_cli(cli, gif, noise), f"{gif}: GIF images are not supported by the C++ runner", "convert to JPEG")
+    check_error(run_cli(cli, animated, noise), f"{animated}: animated WebP images are not supported by the C++ runner")
     check_error(run_cli(cli, noise, noise), f"{noise}: no face found")
     check_error(run_cli(cli, noise, noise, "--model", empty_model), f"{empty_model}: not a model folder")
     check_error(run_cli(cli, noise, noise, "--model", tmp_path / "nowhere"), "no such file or folder")
