@@ -96,11 +96,12 @@ HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"
 
 
 # Formats whose header Pillow reads (lazily: no pixel is decoded), by Pillow's name.
-# Pillow only reads header sizes here. Its bomb warning is moot (MAX_PIXELS decides) and its
-# "Corrupt EXIF data" warning a stray stderr line; filtered once, narrowly, for the process:
-# warnings.catch_warnings() is not thread-safe, and decode threads read headers at once.
+# Pillow only reads header sizes here. Its bomb warning is moot (MAX_PIXELS decides) and its EXIF
+# parser's warnings ("Corrupt EXIF data", "Tag data larger than file") stray stderr lines; filtered
+# once, narrowly, for the process: warnings.catch_warnings() is not thread-safe, and decode threads
+# read headers at once.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-warnings.filterwarnings("ignore", message="Corrupt EXIF data", category=UserWarning, module=r"PIL\.")
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.TiffImagePlugin")
 _PILLOW_FORMATS = {"JPEG", "PNG", "BMP", "WEBP", "JPEG2000", "GIF", "SUN", "AVIF", "PPM"}
 
 

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include <nlohmann/json.hpp>
+#include <opencv2/core/utils/logger.hpp>
 
 #include "faceverify.h"
 
@@ -260,9 +261,10 @@ int embed_many(fv_handle* h, const Args& a) {
 }  // namespace
 
 int main(int argc, char** argv) {
-    // OpenCV's own log lines (libtiff warnings, "can't read data") would come before the one error line
-    // that says what was wrong with the file; read by OpenCV on first use, and a user's setting wins.
-    setenv("OPENCV_LOG_LEVEL", "SILENT", 0);
+    // OpenCV's own log lines (libtiff warnings) would come before the one error line that says what was
+    // wrong with the file; a user's OPENCV_LOG_LEVEL wins. (OpenCV 4.6 also writes "imdecode_(''): can't
+    // read data" to std::cerr itself, which no setting silences.)
+    if (!std::getenv("OPENCV_LOG_LEVEL")) cv::utils::logging::setLogLevel(cv::utils::logging::LOG_LEVEL_SILENT);
     bool json_output = false;
     for (int i = 1; i < argc; ++i) json_output |= std::strcmp(argv[i], "--json") == 0;
     Args a;

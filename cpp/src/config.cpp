@@ -52,6 +52,15 @@ long long integer(const std::string& name, const json& v, long long low, long lo
     return x;
 }
 
+// engine/contract.py _DETECTOR_NAME: [A-Za-z0-9][A-Za-z0-9_.-]{0,127}
+bool detector_name(const std::string& name) {
+    auto alnum = [](char ch) { return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9'); };
+    if (name.empty() || name.size() > 128 || !alnum(name[0])) return false;
+    for (char ch : name)
+        if (!alnum(ch) && ch != '_' && ch != '-' && ch != '.') return false;
+    return true;
+}
+
 std::string text(const std::string& name, const json& v) {
     if (!v.is_string() || v.get<std::string>().empty())
         throw Error(name + " must be a non-empty string, got " + show(v));
@@ -121,6 +130,9 @@ ModelConfig parse_model_config(const std::string& body, const std::string& sourc
             throw Error("align must be 'none' or 'face', got " + show(align));
         c.align = align.get<std::string>();
         c.detector = text("detector", get("detector", "blazeface_full_range"));
+        if (!detector_name(c.detector))  // a path here would load any .onnx on the disk (as in Python)
+            throw Error("detector must be the name of a shipped detector (a file in engine/models/detector/, "
+                        "letters, digits, '_', '-', '.'), got '" + c.detector + "'");
         json tpl = get("template", "arcface");
         if (tpl.is_string()) {
             c.template_name = tpl.get<std::string>();

@@ -140,7 +140,7 @@ def resolve_model(model=None) -> ModelSource:
     if not path.exists():
         raise ModelNotFound(f"{path}: no such file or folder")
     if path.is_dir():
-        if not (path / CONFIG_FILE).is_file():
+        if not os.path.lexists(path / CONFIG_FILE):  # there but not a file: ModelConfig.load says what it is
             raise ModelNotFound(f"{path}: not a model folder (no {CONFIG_FILE}); expected the output of "
                                 f"`python -m convert`, an .onnx file or a .plan file")
         src = ModelSource(path, ModelConfig.load(path / CONFIG_FILE))

@@ -440,6 +440,15 @@ def test_error_paths(cli, tmp_path):
     check_error(run_cli(cli, noise, noise, "--model", empty_model), f"{empty_model}: not a model folder")
     check_error(run_cli(cli, noise, noise, "--model", tmp_path / "nowhere"), "no such file or folder")
     check_error(run_cli(cli, noise, noise, "--precision", "int4"), "invalid choice: 'int4'")
+    # model.json is input: a detector given as a path would load and run any .onnx on the disk.
+    traversal = tmp_path / "traversal"
+    traversal.mkdir()
+    (traversal / "model.fp16.onnx").symlink_to(REPO / "engine" / "models" / "model.fp16.onnx")
+    config = json.loads((REPO / "engine" / "models" / "model.json").read_text())
+    for name in ("../../../../tmp/elsewhere/det", "/tmp/elsewhere/det", "sub/det"):
+        (traversal / "model.json").write_text(json.dumps({**config, "detector": name}))
+        check_error(run_cli(cli, noise, noise, "--model", traversal),
+                    "detector must be the name of a shipped detector")
     # --json: the same line as {"error": ...} on stdout, and never exit 1.
     done = run_cli(cli, missing, noise, "--json")
     check_error(done, str(missing))

@@ -564,6 +564,10 @@ def test_a_model_file_that_is_a_fifo_is_refused_not_waited_on(capsys, model, pai
     a = pairs_dir / "images/00000003/0.jpg"
     code, out, _ = run(capsys, a, a, "--model", folder, "--json")
     assert code == 2 and _strict_json(out)["error"] == f"{folder / 'model.fp32.onnx'}: is a FIFO (named pipe), not an ONNX model"
+    (folder / "model.json").unlink()
+    os.mkfifo(folder / "model.json")  # named for what it is, not "not a model folder"
+    code, out, _ = run(capsys, a, a, "--model", folder, "--json")
+    assert code == 2 and _strict_json(out)["error"] == f"{folder / 'model.json'}: is a FIFO (named pipe), not a model.json"
 
 
 def test_cli_errors_are_one_line_of_ours_even_when_a_decoder_complains(model, pairs_dir, tmp_path):
@@ -584,10 +588,14 @@ def test_cli_errors_are_one_line_of_ours_even_when_a_decoder_complains(model, pa
     Image.fromarray(synthetic_face(1, size=64)).save(tiff)
     tiff.write_bytes(tiff.read_bytes()[: tiff.stat().st_size // 2])
     jpg = a.read_bytes()
-    app1 = b"Exif\0\0II*\0" + struct.pack("<I", 0xFFFFFFF0)  # first IFD far past the end
-    bad_exif = tmp_path / "bad_exif.jpg"
-    bad_exif.write_bytes(jpg[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + jpg[2:])
-    for other, code in ((tiff, 2), (bad_exif, 0)):
+    cases = [(tiff, 2)]
+    for name, app1 in (("ifd_past_end", b"Exif\0\0II*\0" + struct.pack("<I", 0xFFFFFFF0)),
+                       # orientation tag claiming 2**31 values: Pillow's "Tag data larger than file"
+                       ("tag_too_long", b"Exif\0\0II*\0" + struct.pack("<IHHHII", 8, 1, 0x0112, 3, 0x7FFFFFFF, 16))):
+        bad_exif = tmp_path / f"{name}.jpg"
+        bad_exif.write_bytes(jpg[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + jpg[2:])
+        cases.append((bad_exif, 0))
+    for other, code in cases:
         done = cli(a, other, "--model", model, "--threshold", "-1")
         assert done.returncode == code, done.stderr
         assert all(line.startswith("engine.verify: ") for line in done.stderr.splitlines()), done.stderr
