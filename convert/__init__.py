@@ -325,7 +325,7 @@ def _replace_dir(work: Path, out: Path) -> None:
     ``work`` came from ``mkdtemp`` (mode 0700, private); the model folder gets
     the umask's default mode, as ``mkdir`` would have given it.
     """
-    from engine.contract import current_umask
+    from engine.files import current_umask
 
     os.chmod(work, 0o777 & ~current_umask())
     if out.exists() or out.is_symlink():

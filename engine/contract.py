@@ -239,20 +239,6 @@ def write_json_atomic(path: str | os.PathLike, data) -> None:
     write_atomic(path, (json.dumps(data, indent=2, sort_keys=False) + "\n").encode())
 
 
-def current_umask() -> int:
-    """The process umask (read without changing it where /proc says it; else set and restored at once)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def read_onnx(path) -> "onnx_graph.GraphInfo":
     """The interface of the ONNX file at ``path``; :class:`ContractError` naming it when it is not one."""
     from engine import onnx_graph

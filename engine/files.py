@@ -95,11 +95,27 @@ def scratch_file(path: str | os.PathLike) -> Path:
     return Path(name)
 
 
+def current_umask() -> int:
+    """The process umask (read without changing it where /proc says it; else set and restored at once)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a :func:`scratch_file` and a rename: readers never see half a file,
-    and on failure nothing is left behind (the ``OSError`` is raised)."""
+    and on failure nothing is left behind (the ``OSError`` is raised). The file gets the mode a plain
+    ``open`` would have given it (mkstemp's 0600 would hide a model.json from the other users of a model)."""
     tmp = scratch_file(path)
     try:
+        os.chmod(tmp, 0o666 & ~current_umask())
         with open(tmp, "wb") as f:
             f.write(data)
         os.replace(tmp, path)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.contract import current_umask
+from engine.files import current_umask
 from engine.datasets import DataError
 
 ID_WIDTH = 8

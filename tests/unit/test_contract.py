@@ -7,7 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from engine.contract import ContractError, ModelConfig, current_umask
+from engine.contract import ContractError, ModelConfig
+from engine.files import current_umask
 
 
 def load(tmp_path, **values):

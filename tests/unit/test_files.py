@@ -62,3 +62,13 @@ def test_a_failed_atomic_write_leaves_neither_file(tmp_path):
     with pytest.raises(OSError):
         write_atomic(target, b"{}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["index.json"]
+
+
+def test_an_atomic_write_gets_the_mode_a_plain_open_gives(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "model.json", b"{}")
+        (tmp_path / "plain.json").write_bytes(b"{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "model.json").stat().st_mode & 0o777 == (tmp_path / "plain.json").stat().st_mode & 0o777 == 0o644
