@@ -158,7 +158,8 @@ def _run(image_a, image_b, *, pairs, out, labels, lfw, lfw_pairs, lfw_folds, rep
         check_output_folder(cache, "--cache")
     job = _load_pairs(mode, pairs, labels, lfw, lfw_pairs, lfw_folds) if mode != "images" else None
     if out is not None and job:
-        _refuse_overwriting_inputs(out, [p for pair in job for p in (pair.path_a, pair.path_b)] + [labels])
+        label_file = labels if labels is not None else Path(pairs) / "pairs.csv"  # read_pair_folder's default
+        _refuse_overwriting_inputs(out, [p for pair in job for p in (pair.path_a, pair.path_b)] + [label_file])
     for p in (image_a, image_b) if mode == "images" else ():
         check_file(p)  # says what it is: no such file, a directory, a FIFO, a symlink loop, too large
     if batch_size is not None:
@@ -268,7 +269,7 @@ def check_output_folder(path, flag: str, files: tuple[str, ...] = ()) -> None:
     for name in files:
         target = path / name
         if target.exists() and not target.is_file():
-            raise UsageError(f"{flag} {path}: {target} exists and is not a regular file; it would be replaced")
+            raise UsageError(f"{flag} {path}: {target} exists and is not a regular file, so it cannot be written")
     existing = path
     while not existing.exists():  # the folder is made when results are written: its nearest existing parent
         if existing.parent == existing:

@@ -554,6 +554,10 @@ def test_out_naming_an_input_image_is_refused_before_any_work(capsys, monkeypatc
     code, out, _ = run(capsys, "--pairs", folder, "--out", image, "--model", model, "--json")
     assert code == 2 and "is one of the job's inputs" in _strict_json(out)["error"]
     assert image.read_bytes() == before
+    labels = (folder / "pairs.csv").read_bytes()  # the labels it reads by default
+    code, out, _ = run(capsys, "--pairs", folder, "--out", folder / "pairs.csv", "--model", model, "--json")
+    assert code == 2 and "is one of the job's inputs" in _strict_json(out)["error"]
+    assert (folder / "pairs.csv").read_bytes() == labels
 
 
 def test_a_model_file_that_is_a_fifo_is_refused_not_waited_on(capsys, model, pairs_dir, tmp_path):
