@@ -32,6 +32,14 @@ bool is_file(const std::string& p) {
     return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
 }
 
+// A model file that is there but not a regular file (a FIFO would block its reader) is an error naming
+// what it is, as in Python (engine/files.py), not a file that is missing.
+void refuse_special(const std::string& p, const char* what) {
+    struct stat st {};
+    if (::stat(p.c_str(), &st) == 0 && !S_ISREG(st.st_mode))
+        throw fv::Error(p + ": is " + fv::file_kind(st.st_mode) + ", not " + what);
+}
+
 }  // namespace
 
 // engine/cpu.py has_int8_dot: 1 = x86 with VNNI/AMX, 0 = x86 (AVX2) without one, -1 = not
@@ -85,6 +93,7 @@ struct fv_handle {
             throw fv::Error("unknown precision '" + want_precision + "'; choose fp32, fp16, int8, bf16");
         struct stat st {};
         if (::stat(model_dir.c_str(), &st) != 0) throw fv::Error(model_dir + ": no such file or folder");
+        if (S_ISDIR(st.st_mode)) refuse_special(model_dir + "/model.json", "a model.json");
         if (!S_ISDIR(st.st_mode) || !is_file(model_dir + "/model.json"))
             throw fv::Error(model_dir + ": not a model folder (no model.json); expected the output of "
                             "`python -m convert`");
@@ -100,6 +109,8 @@ struct fv_handle {
     void choose(const std::string& want_backend, const std::string& want_precision) {
         std::vector<std::string> plans, onnx;
         for (const char* p : ALL_PRECISIONS) {
+            refuse_special(file(p, ".plan"), "a TensorRT plan");
+            refuse_special(file(p, ".onnx"), "an ONNX model");
             if (is_file(file(p, ".plan"))) plans.emplace_back(p);
             if (is_file(file(p, ".onnx"))) onnx.emplace_back(p);
         }

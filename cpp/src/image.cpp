@@ -31,6 +31,16 @@ std::string thousands(long long n) {
 
 // ------------------------------------------------------------- files
 
+std::string file_kind(unsigned mode) {
+    return S_ISREG(mode)    ? "a regular file"
+           : S_ISDIR(mode)  ? "a directory"
+           : S_ISFIFO(mode) ? "a FIFO (named pipe)"
+           : S_ISSOCK(mode) ? "a socket"
+           : S_ISCHR(mode)  ? "a character device"
+           : S_ISBLK(mode)  ? "a block device"
+                            : "a special file";
+}
+
 namespace {
 
 std::string os_reason(int err) {
@@ -40,15 +50,7 @@ std::string os_reason(int err) {
 }
 
 void check_stat(const std::string& path, const struct stat& st) {
-    if (!S_ISREG(st.st_mode)) {
-        const char* what = S_ISDIR(st.st_mode)    ? "a directory"
-                           : S_ISFIFO(st.st_mode) ? "a FIFO (named pipe)"
-                           : S_ISSOCK(st.st_mode) ? "a socket"
-                           : S_ISCHR(st.st_mode)  ? "a character device"
-                           : S_ISBLK(st.st_mode)  ? "a block device"
-                                                  : "a special file";
-        throw Error(path + ": is " + what + ", not an image");
-    }
+    if (!S_ISREG(st.st_mode)) throw Error(path + ": is " + file_kind(st.st_mode) + ", not an image");
     if (st.st_size > MAX_FILE_BYTES)
         throw Error(path + ": " + thousands(st.st_size) + " bytes, over the " + thousands(MAX_FILE_BYTES) +
                     " byte limit for an image");

@@ -74,6 +74,8 @@ constexpr int BLANK_LEVELS = 2;
 
 std::string thousands(long long n);  // 50000000 -> "50,000,000" (Python's {:,})
 std::vector<uint8_t> read_file(const std::string& path);
+// What a st_mode is, as engine/files.py names it: "a directory", "a FIFO (named pipe)", ...
+std::string file_kind(unsigned mode);
 // Signature sniffing as engine.preprocess.image_format; "" when none matches.
 std::string image_format(const std::vector<uint8_t>& data);
 // Width, height from the header, before any pixel is decoded.

@@ -449,6 +449,15 @@ def test_error_paths(cli, tmp_path):
         (traversal / "model.json").write_text(json.dumps({**config, "detector": name}))
         check_error(run_cli(cli, noise, noise, "--model", traversal),
                     "detector must be the name of a shipped detector")
+    # A model file that is a FIFO is refused by what it is (a reader would block on it), as in Python.
+    fifo_model = tmp_path / "fifo_model"
+    fifo_model.mkdir()
+    os.mkfifo(fifo_model / "model.json")
+    check_error(run_cli(cli, noise, noise, "--model", fifo_model), "model.json: is a FIFO (named pipe), not a model.json")
+    (fifo_model / "model.json").unlink()
+    shutil.copy(REPO / "engine" / "models" / "model.json", fifo_model / "model.json")
+    os.mkfifo(fifo_model / "model.int8.onnx")
+    check_error(run_cli(cli, noise, noise, "--model", fifo_model), "model.int8.onnx: is a FIFO (named pipe), not an ONNX model")
     # --json: the same line as {"error": ...} on stdout, and never exit 1.
     done = run_cli(cli, missing, noise, "--json")
     check_error(done, str(missing))
