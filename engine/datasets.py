@@ -503,11 +503,9 @@ def read_pair_folder(folder: str | os.PathLike, labels_csv: str | os.PathLike | 
         a, b = images / pid / "0.jpg", images / pid / "1.jpg"
         for p in (a, b):
             if not _is_file(p):
+                if not os.path.lexists(p):
+                    raise DataError(f"{p}: missing (each pair folder holds 0.jpg and 1.jpg)")
                 try:  # there, but a FIFO, a folder, a symlink loop ...: say which
-                    p.lstat()
-                except (OSError, ValueError):
-                    raise DataError(f"{p}: missing (each pair folder holds 0.jpg and 1.jpg)") from None
-                try:
                     check_regular(p, sys.maxsize, "an image")  # its size is checked when it is read
                 except FileRefused as exc:
                     raise DataError(f"{exc} (each pair folder holds 0.jpg and 1.jpg)") from None

@@ -95,13 +95,13 @@ def _avif_brand(data: bytes, names: tuple[bytes, ...] = (b"avif", b"avis")) -> b
 HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")
 
 
-# Formats whose header Pillow reads (lazily: no pixel is decoded), by Pillow's name.
 # Pillow only reads header sizes here. Its bomb warning is moot (MAX_PIXELS decides) and its EXIF
 # parser's warnings ("Corrupt EXIF data", "Tag data larger than file") stray stderr lines; filtered
 # once, narrowly, for the process: warnings.catch_warnings() is not thread-safe, and decode threads
 # read headers at once.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.TiffImagePlugin")
+# Formats whose header Pillow reads (lazily: no pixel is decoded), by Pillow's name.
 _PILLOW_FORMATS = {"JPEG", "PNG", "BMP", "WEBP", "JPEG2000", "GIF", "SUN", "AVIF", "PPM"}
 
 
@@ -206,22 +206,27 @@ def _pfm_size(data: bytes, source: str) -> tuple[int, int] | None:
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
-def _pam_size(data: bytes, source: str) -> tuple[int, int] | None:
-    """PAM (P7): "KEY value" lines up to ENDHDR; comments allowed; WIDTH and HEIGHT once each."""
+def _pam_fields(data: bytes) -> dict[bytes, bytes] | None:
+    """PAM (P7) header: "KEY value" lines up to ENDHDR; comments allowed; WIDTH and HEIGHT once each."""
     fields: dict[bytes, bytes] = {}
     for line in data[3:MAX_TEXT_HEADER].split(b"\n"):
         if line.startswith(b"#") or not line:
             continue
         if line == b"ENDHDR":
-            try:
-                return int(fields[b"WIDTH"]), int(fields[b"HEIGHT"])
-            except (KeyError, ValueError):
-                return None
+            return fields
         key, _, value = line.partition(b" ")
         if not key.isalpha() or (key in (b"WIDTH", b"HEIGHT") and key in fields):
             return None
         fields[key] = value.strip()
     return None
+
+
+def _pam_size(data: bytes, source: str) -> tuple[int, int] | None:
+    try:
+        fields = _pam_fields(data)
+        return (int(fields[b"WIDTH"]), int(fields[b"HEIGHT"])) if fields is not None else None
+    except (KeyError, ValueError):
+        return None
 
 
 def decode(data: bytes, source: str = "<bytes>") -> np.ndarray:
@@ -283,8 +288,8 @@ def decode(data: bytes, source: str = "<bytes>") -> np.ndarray:
 
 
 def _pam_depth(data: bytes) -> int:
-    m = re.search(rb"(?m)^DEPTH[ \t]+(\d{1,2})\s", data[:MAX_TEXT_HEADER])
-    return int(m.group(1)) if m else 0
+    depth = (_pam_fields(data) or {}).get(b"DEPTH", b"")
+    return int(depth) if depth.isdigit() and len(depth) <= 2 else 0
 
 
 @functools.lru_cache(maxsize=None)

@@ -289,10 +289,10 @@ def _refuse_overwriting_inputs(out, inputs) -> None:
         return  # a new file: nothing to overwrite
     for p in inputs:
         try:
-            other = os.stat(p) if p is not None else None
+            other = os.stat(p)
         except OSError:
             continue
-        if other is not None and (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+        if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
             raise UsageError(f"--out {out}: is one of the job's inputs ({p}); choose another file name")
 
 
