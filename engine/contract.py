@@ -152,9 +152,8 @@ class ModelConfig:
         # when it is loaded, naming the key, instead of deep inside a run (a threshold
         # "0.5" compared with a float, NaN deciding nothing, a bool taken for 1).
         self.arch = _text("arch", self.arch)
+        # Any square size a network was made for (dlib's is 150); no multiple-of-16 rule.
         self.input_size = _integer("input_size", self.input_size, 32, MAX_INPUT_SIZE)
-        if self.input_size % 16:
-            raise ContractError(f"input_size must be >= 32 and a multiple of 16, got {self.input_size}")
         self.crop_fraction = _number("crop_fraction", self.crop_fraction)
         if not 0.0 < self.crop_fraction <= 1.0:
             raise ContractError(f"crop_fraction must be in (0, 1], got {self.crop_fraction}")

@@ -694,6 +694,44 @@ def _read_marker(marker: Path, root: Path) -> dict[str, int]:
     return marks
 
 
+DFDC_COLUMNS = ("file", "label", "made_from")
+
+
+def read_dfdc_faces(root: str | os.PathLike) -> list[Sample]:
+    """The DFDC face crops of ``root/faces.csv`` (``file,label,made_from``) as samples.
+
+    DFDC names no people, so a sample's identity is its source video: a real
+    face is its own (``dfdc/<real file stem>``), a fake the one of the real
+    face it was made from (the scene and head are that person's). Splitting
+    by this identity keeps a fake and its source on the same side.
+    """
+    root = Path(root)
+    csv_path = root / "faces.csv"
+    _, rows = _read_csv_rows(csv_path, DFDC_COLUMNS)
+    samples = []
+    for line, row in rows:
+        where = f"{csv_path}:{line}"
+        if row["label"] not in ("real", "fake"):
+            raise DataError(f"{where}: label must be real or fake, got {_shown(row['label'])}")
+        fake = row["label"] == "fake"
+        source = row["made_from"] if fake else row["file"]
+        if not source:
+            raise DataError(f"{where}: a fake needs made_from (the real face it was made from)")
+        path = safe_join(root, row["file"], where)
+        samples.append(Sample(path, f"dfdc/{Path(source).stem}", fake, "dfdc" if fake else ""))
+    if not samples:
+        raise DataError(f"{csv_path}: no rows")
+    return samples
+
+
+def split_by_identity(samples: list[Sample], val_share: float, seed: int = 0) -> tuple[list[Sample], list[Sample]]:
+    """``(train, val)``: a fixed random ``val_share`` of the identities, all their images, go to val."""
+    names = sorted({s.identity for s in samples})
+    random.Random(seed).shuffle(names)
+    val_names = set(names[: int(round(val_share * len(names)))])
+    return [s for s in samples if s.identity not in val_names], [s for s in samples if s.identity in val_names]
+
+
 def list_images(folder: str | os.PathLike) -> list[Path]:
     """Every image file (``IMAGE_EXTENSIONS``) under ``folder``, recursively, sorted; DataError if not a folder."""
     folder = Path(folder)

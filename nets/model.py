@@ -10,6 +10,7 @@ agree by construction.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -17,6 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.contract import ModelConfig
+from nets.dlib_resnet import DlibResNet29, MeanLinearHead
+from nets import dlib_resnet
 
 
 class BasicBlock(nn.Module):
@@ -75,6 +78,7 @@ class ResNet(nn.Module):
         self.layer3 = self._make_layer(block, 256, layers[2], 2)
         self.layer4 = self._make_layer(block, 512, layers[3], 2)
         self.out_channels = 512 * block.expansion
+        self.stage_channels = [w * block.expansion for w in (64, 128, 256, 512)]
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -108,15 +112,51 @@ class ResNet(nn.Module):
         return self.stages(x)[-1]
 
 
-_BACKBONES: dict[str, Callable[[], ResNet]] = {
-    "resnet18": lambda: ResNet(BasicBlock, [2, 2, 2, 2]),
-    "resnet34": lambda: ResNet(BasicBlock, [3, 4, 6, 3]),
-    "resnet50": lambda: ResNet(Bottleneck, [3, 4, 6, 3]),
+@dataclass(frozen=True)
+class Arch:
+    """A registered network: its trunk, its identity head and what it was made for.
+
+    ``taps`` picks the stage maps (of ``backbone.stages()``) that feed the
+    realness head; ``defaults`` are the contract values (``model.json``) the
+    architecture is built around (input size, pixel normalisation, face template).
+    """
+
+    backbone: Callable[[], nn.Module]
+    head: Callable[[nn.Module, int, int, float], nn.Module]  # (backbone, input_size, dim, dropout) -> head
+    taps: slice
+    realness_width: int = 0
+    defaults: dict = field(default_factory=dict)
+
+
+def _gdc_head(backbone, input_size: int, dim: int, dropout: float) -> nn.Module:
+    return EmbeddingHead(backbone.out_channels, feature_map_size(input_size), dim, dropout)
+
+
+def _resnet(block, layers) -> Arch:
+    return Arch(lambda: ResNet(block, layers), _gdc_head, slice(1, None))
+
+
+ARCHS: dict[str, Arch] = {
+    "resnet18": _resnet(BasicBlock, [2, 2, 2, 2]),
+    "resnet34": _resnet(BasicBlock, [3, 4, 6, 3]),
+    "resnet50": _resnet(Bottleneck, [3, 4, 6, 3]),
+    # dlib's face recognizer's shape (nets/dlib_resnet.py); initialised from its CC0 weights with init=dlib.
+    "dlib_resnet29": Arch(DlibResNet29, lambda b, size, dim, dropout: MeanLinearHead(b.out_channels, dim),
+                          slice(0, 4), realness_width=64,
+                          defaults={"input_size": dlib_resnet.CHIP_SIZE, "template": "dlib-chip", "embedding_dim": 128,
+                                    "pixel_mean": dlib_resnet.PIXEL_MEAN, "pixel_std": dlib_resnet.PIXEL_STD}),
 }
 
 
 def available_models() -> list[str]:
-    return sorted(_BACKBONES)
+    return sorted(ARCHS)
+
+
+def arch_defaults(arch: str) -> dict:
+    """The contract values ``arch`` is built around ({} for the ResNets: the contract's defaults)."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; available: {available_models()}")
+    return dict(ARCHS[arch].defaults)
 
 
 class EmbeddingHead(nn.Module):
@@ -141,21 +181,31 @@ class EmbeddingHead(nn.Module):
 
 
 class RealnessHead(nn.Module):
-    """Real-vs-fake logit (positive = real) from layer2..layer4 of the trunk.
+    """Real-vs-fake logit (positive = real) from several stage maps of the trunk.
 
-    Blending seams and colour steps are local, mid-level evidence that the
-    identity-pooled last map mostly discards, so the stride-8 and stride-16
-    maps come in too. Average pooling sees each map's overall statistics, max
-    pooling its strongest local response; both go in.
+    Blending seams, colour steps and compression traces are local, mid-level
+    evidence that the identity-pooled last map mostly discards, so earlier,
+    higher-resolution maps come in too. Average pooling sees each map's
+    overall statistics, max pooling its strongest local response; both go in.
+    With ``width`` > 0 each map first passes a 1x1 convolution (+ BN, ReLU) to
+    that many channels, so the head can learn local detectors of its own
+    instead of reading the identity features' pooled values only.
     """
 
-    def __init__(self, stage_channels: list[int]):
+    def __init__(self, stage_channels: list[int], width: int = 0):
         super().__init__()
-        width = 2 * sum(stage_channels)
-        self.bn = nn.BatchNorm1d(width)
-        self.fc = nn.Linear(width, 1)
+        self.local = None
+        if width:
+            self.local = nn.ModuleList(nn.Sequential(nn.Conv2d(c, width, 1, bias=False), nn.BatchNorm2d(width),
+                                                     nn.ReLU(inplace=True)) for c in stage_channels)
+            stage_channels = [width] * len(stage_channels)
+        features = 2 * sum(stage_channels)
+        self.bn = nn.BatchNorm1d(features)
+        self.fc = nn.Linear(features, 1)
 
     def forward(self, maps: list[torch.Tensor]):
+        if self.local is not None:
+            maps = [f(x) for f, x in zip(self.local, maps)]
         pooled = torch.cat([p for x in maps for p in (x.mean((2, 3)), x.amax((2, 3)))], 1)
         return self.fc(self.bn(pooled)).squeeze(1)
 
@@ -173,25 +223,27 @@ class FaceEmbedder(nn.Module):
 
     With ``config.realness_weight`` = a > 0 the output is
     ``normalise([identity, a * t])``: a unit identity vector of D - 1 values
-    and the realness coordinate ``t = tanh(scale * (logit + bias))`` (+1 real,
-    -1 fake; training uses scale 1/2, bias 0, i.e. ``2 * sigmoid(logit) - 1``).
-    Between two real photos (t = 1) the cosine is ``(s + a^2) / (1 + a^2)``,
-    a monotone map of the identity similarity s, so ranking among real pairs
-    is unchanged; a fake against a real photo of the same person scores
-    ``(s - a^2) / (1 + a^2)``: with a = 1, about 0 instead of about 1.
+    and the realness coordinate ``t = min(0, tanh(scale * (logit + bias)))``
+    (0 for a face that looks real, down to -1 for one that looks fake). Two
+    photos that both look real score exactly their identity cosine ``s``:
+    realness never moves a real-vs-real decision. A pair with one fake-looking
+    face scores ``s / sqrt(1 + a^2 t^2)``: with a = 3 and t = -1, a third of
+    its identity match. ``bias`` sets how sure the head must be before a face
+    counts as fake (calibrated on real validation photos, training.realness).
     """
 
     def __init__(self, config: ModelConfig, dropout: float = 0.0):
         super().__init__()
-        if config.arch not in _BACKBONES:
+        if config.arch not in ARCHS:
             raise ValueError(f"unknown arch {config.arch!r}; available: {available_models()}")
         self.config = config
-        self.backbone = _BACKBONES[config.arch]()
+        arch = ARCHS[config.arch]
+        self.taps = arch.taps
+        self.backbone = arch.backbone()
         realness = config.realness_weight > 0
-        self.head = EmbeddingHead(self.backbone.out_channels, feature_map_size(config.input_size),
-                                  config.embedding_dim - int(realness), dropout)
-        taps = [self.backbone.out_channels // 4, self.backbone.out_channels // 2, self.backbone.out_channels]
-        self.realness = RealnessHead(taps) if realness else None
+        self.head = arch.head(self.backbone, config.input_size, config.embedding_dim - int(realness), dropout)
+        taps = self.backbone.stage_channels[arch.taps]
+        self.realness = RealnessHead(taps, arch.realness_width) if realness else None
         # Buffers so they travel with .to() and are folded into the exported graph.
         self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_inv_std", 1.0 / torch.tensor(config.pixel_std).view(1, 3, 1, 1),
@@ -207,7 +259,7 @@ class FaceEmbedder(nn.Module):
         """``(unit identity vectors (B, D or D - 1), realness logits (B,) or None)``."""
         maps = self.backbone.stages(self.normalise(images))
         identity = F.normalize(self.head(maps[-1]).float(), dim=1)
-        logit = self.realness(maps[1:]).float() if self.realness is not None else None
+        logit = self.realness(maps[self.taps]).float() if self.realness is not None else None
         return identity, logit
 
     def combine(self, identity: torch.Tensor, logit: torch.Tensor | None, weight: float | None = None,
@@ -220,7 +272,9 @@ class FaceEmbedder(nn.Module):
         weight = c.realness_weight if weight is None else weight
         scale = c.realness_scale if scale is None else scale
         bias = c.realness_bias if bias is None else bias
-        coordinate = weight * torch.tanh(scale * (logit + bias))
+        # Clamped at 0: an image that looks real adds nothing, so two real photos score
+        # exactly their identity cosine; only a face that looks fake moves away.
+        coordinate = weight * torch.clamp(torch.tanh(scale * (logit + bias)), max=0.0)
         return F.normalize(torch.cat([identity, coordinate[:, None]], 1), dim=1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -230,7 +284,7 @@ class FaceEmbedder(nn.Module):
 def get_model(config: ModelConfig | str, **kwargs) -> FaceEmbedder:
     """Registry entry point: ``get_model("resnet34")`` or ``get_model(ModelConfig(...))``."""
     if isinstance(config, str):
-        config = ModelConfig(arch=config)
+        config = ModelConfig(arch=config, **arch_defaults(config))
     return FaceEmbedder(config, **kwargs)
 
 

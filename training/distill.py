@@ -110,16 +110,18 @@ class FeatureProjection(nn.Module):
     raw descriptors share one direction, which would dominate the cosine.
     """
 
-    def __init__(self, student_dim: int, teacher_dim: int = 128):
+    def __init__(self, student_dim: int, teacher_dim: int = 128, linear: bool = True):
         super().__init__()
-        self.linear = nn.Linear(student_dim, teacher_dim)
+        # linear=False: the student's identity vector is compared with the teacher's as it is (a
+        # student initialised from the teacher, whose head already subtracts teacher_mean).
+        self.linear = nn.Linear(student_dim, teacher_dim) if linear else None
         self.register_buffer("teacher_mean", torch.zeros(teacher_dim))
 
     def target(self, descriptors: torch.Tensor) -> torch.Tensor:
         return F.normalize(descriptors.float() - self.teacher_mean, dim=1)
 
     def forward(self, identity: torch.Tensor) -> torch.Tensor:
-        return self.linear(identity.float())
+        return identity.float() if self.linear is None else self.linear(identity.float())
 
     def loss(self, projected: torch.Tensor, descriptors: torch.Tensor) -> torch.Tensor:
         """Mean ``1 - cos`` between projected identity vectors (:meth:`forward`) and centred teacher descriptors."""

@@ -29,7 +29,8 @@ class PKSampler:
 
     def __init__(self, identity: Sequence[int], is_fake: Sequence[bool], p: int, k: int, fake_share: float = 0.25,
                  seed: int = 0, rank: int = 0, world_size: int = 1, steps_per_epoch: int = 0,
-                 extra: int = 0, extra_per_batch: int = 0):
+                 extra: int = 0, extra_per_batch: int = 0, realness_groups: Sequence[tuple] = (),
+                 realness_per_batch: int = 0):
         if p < 2 or k < 2:
             raise SamplerError(f"need p >= 2 and k >= 2, got p={p}, k={k}")
         if not 0 <= rank < world_size:
@@ -59,6 +60,11 @@ class PKSampler:
         # each batch, drawn from their own stream so the labelled part of a
         # batch does not depend on them.
         self.extra_start, self.extra, self.extra_per_batch = len(identity), extra, extra_per_batch if extra else 0
+        # Realness rows (e.g. DFDC): each group is (real indices, fake indices) of one source video;
+        # a batch takes realness_per_batch // 2 groups, one real and one fake of each, so every
+        # fake comes with the real face it was made from.
+        self.realness_groups = [(np.asarray(r), np.asarray(f)) for r, f in realness_groups if len(r) and len(f)]
+        self.realness_per_batch = realness_per_batch if self.realness_groups else 0
         self.epoch = 0
         self.start = 0
 
@@ -74,11 +80,13 @@ class PKSampler:
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "start": self.start, "seed": self.seed, "p": self.p, "k": self.k,
                 "n_fake": self.n_fake, "steps_per_epoch": self.steps_per_epoch, "world_size": self.world_size,
-                "extra_per_batch": self.extra_per_batch}
+                "extra_per_batch": self.extra_per_batch, "realness_per_batch": self.realness_per_batch}
 
     def load_state_dict(self, state: dict) -> None:
         state.setdefault("extra_per_batch", 0)  # checkpoints from before unlabelled images
-        for key in ("seed", "p", "k", "n_fake", "steps_per_epoch", "world_size", "extra_per_batch"):
+        state.setdefault("realness_per_batch", 0)  # ... and before realness rows
+        for key in ("seed", "p", "k", "n_fake", "steps_per_epoch", "world_size", "extra_per_batch",
+                    "realness_per_batch"):
             if state[key] != getattr(self, key):
                 raise SamplerError(f"sampler state was saved with {key}={state[key]}, "
                                    f"this run has {getattr(self, key)}; resume needs the same value")
@@ -94,7 +102,9 @@ class PKSampler:
         """This rank's batches of ``epoch`` (all of them, from step 0)."""
         rng = np.random.default_rng([self.seed, epoch])
         extra_rng = np.random.default_rng([self.seed, epoch, 1])
+        realness_rng = np.random.default_rng([self.seed, epoch, 2])
         extra_order: deque = deque()
+        realness_order: deque = deque()
         order: deque = deque()
         batches = []
         for _ in range(self.steps_per_epoch * self.world_size):
@@ -122,6 +132,12 @@ class PKSampler:
                 if not extra_order:
                     extra_order.extend((self.extra_start + extra_rng.permutation(self.extra)).tolist())
                 batch.append((extra_order.popleft(), int(extra_rng.integers(0, 2**62))))
+            for _ in range(self.realness_per_batch // 2):
+                if not realness_order:
+                    realness_order.extend(realness_rng.permutation(len(self.realness_groups)).tolist())
+                reals, fakes = self.realness_groups[realness_order.popleft()]
+                for pool in (reals, fakes):
+                    batch.append((int(realness_rng.choice(pool)), int(realness_rng.integers(0, 2**62))))
             batches.append(batch)
         return batches[self.rank::self.world_size]
 

@@ -129,9 +129,19 @@ def check_inputs(config: TrainConfig, run_dir: Path, resume: bool) -> None:
                 raise TrainError(f"output_dir: {folder} exists and is not a folder"
                                  + ("" if folder == run_dir else f" (needed for {run_dir})"))
             break
+    if config.realness_data and not (Path(config.realness_data) / "faces.csv").is_file():
+        raise TrainError(f"realness_data: {config.realness_data}: no faces.csv there (a DFDC face-crop folder)")
     if config.teacher and not Path(config.teacher).is_file():
         raise TrainError(f"teacher: {config.teacher}: no such file")
-    if config.init and not (Path(config.init).is_file() or (Path(config.init) / "model.safetensors").is_file()):
+    if config.init == "dlib":
+        from training.teachers.dlib_resnet import default_weights
+
+        try:
+            if not default_weights().is_file():
+                raise RuntimeError(f"{default_weights()}: no such file")
+        except RuntimeError as exc:
+            raise TrainError(f"init: dlib: {exc}") from None
+    elif config.init and not (Path(config.init).is_file() or (Path(config.init) / "model.safetensors").is_file()):
         raise TrainError(f"init: {config.init}: neither a weights file nor a run directory with model.safetensors")
     if resume and not (run_dir / LAST).is_file():
         raise TrainError(f"{run_dir / LAST}: no such file; nothing to resume (start without --resume)")
@@ -204,10 +214,21 @@ class Trainee(nn.Module):
 
 
 def build_optimizer(config: TrainConfig, module: nn.Module) -> torch.optim.Optimizer:
-    # No weight decay on BN/bias vectors: decaying them only fights the normalisation.
-    decay = [p for p in module.parameters() if p.ndim > 1]
-    no_decay = [p for p in module.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """AdamW/SGD over four groups: (trunk + identity head | the rest) x (decayed | not).
+
+    No weight decay on BN/bias vectors: decaying them only fights the
+    normalisation. The trunk and identity head run at ``lr * trunk_lr_scale``
+    (``lr_scale`` in the group), so a pretrained network moves slowly while
+    new heads learn at the full rate.
+    """
+    embedder = getattr(module, "embedder", module)
+    trunk = {id(p) for part in (getattr(embedder, "backbone", None), getattr(embedder, "head", None))
+             if part is not None for p in part.parameters()}
+    groups = []
+    for is_trunk, scale in ((True, config.trunk_lr_scale), (False, 1.0)):
+        params = [p for p in module.parameters() if (id(p) in trunk) == is_trunk]
+        groups += [{"params": [p for p in params if p.ndim > 1], "weight_decay": config.weight_decay, "lr_scale": scale},
+                   {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0, "lr_scale": scale}]
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
     return torch.optim.AdamW(groups, lr=config.lr)
@@ -222,7 +243,11 @@ def load_init(model: FaceEmbedder, path: str, sample_images=None) -> dict:
     An FP32/FP16 ``.onnx`` from ``python -m convert`` (a shipped model) has its
     BatchNorms folded: :mod:`training.onnx_init` un-folds them with
     statistics measured on ``sample_images()`` (a uint8 NHWC batch).
+    ``dlib`` loads dlib's recognizer (arch ``dlib_resnet29``) and centres its
+    descriptor on the mean of ``sample_images()`` (the identity head's bias).
     """
+    if path == "dlib":
+        return load_dlib_init(model, sample_images())
     if path.endswith(".onnx"):
         from training.onnx_init import OnnxInitError, load_onnx_weights
 
@@ -253,6 +278,35 @@ def load_init(model: FaceEmbedder, path: str, sample_images=None) -> dict:
         return load_torchvision_backbone(model, state)
     except (ValueError, RuntimeError) as exc:
         raise TrainError(f"init: {path}: {exc}") from None
+
+
+@torch.no_grad()
+def load_dlib_init(model: FaceEmbedder, images: torch.Tensor) -> dict:
+    """dlib's CC0 weights into a ``dlib_resnet29`` embedder; the head's bias = -mean descriptor of ``images``."""
+    from training.teachers.dlib_resnet import read_dat, default_weights
+
+    if model.config.arch != "dlib_resnet29":
+        raise TrainError(f"init: dlib needs arch dlib_resnet29, not {model.config.arch}")
+    if model.head.fc.out_features != 128:
+        raise TrainError(f"init: dlib's descriptor is 128-d; this model's identity part is {model.head.fc.out_features}")
+    try:
+        params = read_dat(default_weights())
+        model.backbone.load_dlib(params, model.head.fc)
+    except (RuntimeError, ValueError) as exc:
+        raise TrainError(f"init: dlib: {exc}") from None
+    mean = [float(v) for v in params["mean"]]
+    if max(abs(a - b) for a, b in zip(mean, model.config.pixel_mean)) > 1e-3:
+        raise TrainError(f"init: dlib's weights subtract the pixel mean {mean}, the model's config "
+                         f"{list(model.config.pixel_mean)}")
+    model.head.fc.bias.zero_()
+    was_training = model.training
+    model.eval()
+    raw = torch.cat([model.head(model.backbone.stages(model.normalise(images[i:i + 64]))[-1])
+                     for i in range(0, len(images), 64)])
+    model.head.fc.bias.copy_(-raw.mean(0))
+    model.train(was_training)
+    loaded = {k for k in model.state_dict() if k.startswith(("backbone.", "head."))}
+    return {"missing": sorted(set(model.state_dict()) - loaded), "unexpected": []}
 
 
 def _teacher_mean(teacher: nn.Module, dataset, rt: Runtime, seed: int, n: int = 512) -> torch.Tensor:
@@ -301,6 +355,63 @@ def validate_pairs(model: FaceEmbedder, pairset, rt: Runtime, batch_size: int, p
 
 
 # ----------------------------------------------------------------------------- files
+
+class RealnessSet:
+    """Validation faces without identity labels (DFDC's held-out source videos): realness logits only."""
+
+    def __init__(self, samples, input_size: int, cache: bool, preprocessor):
+        from training.data import ImageCache
+
+        images = ImageCache([s.path for s in samples], input_size, cache, preprocessor=preprocessor)
+        failed = images.fill(skip_faceless=True) if cache else {}
+        keep = [i for i in range(len(samples)) if i not in failed]
+        self.images = images.subset(keep) if failed else images
+        self.is_fake = np.array([samples[i].is_fake for i in keep], bool)
+        self.dropped = len(failed)
+
+    def batches(self, batch_size: int):
+        for start in range(0, len(self.images), batch_size):
+            yield torch.from_numpy(np.stack([self.images[i] for i in range(start, min(start + batch_size,
+                                                                                       len(self.images)))]))
+
+
+@torch.no_grad()
+def validate_all(model: FaceEmbedder, pairset, realness_set, rt: Runtime, batch_size: int,
+                 progress: bool = False) -> dict:
+    """Pair metrics and, with a realness set, its image-level real-vs-fake AUC.
+
+    ``val_score`` is what checkpoints are selected on: the pair EER alone, or
+    with real deepfakes the mean of the pair EER and the realness EER on
+    them (synthesised fakes alone do not predict real ones).
+    """
+    from engine.metrics import equal_error_rate, roc_auc
+
+    metrics = validate_pairs(model, pairset, rt, batch_size, progress)
+    metrics["val_score"] = metrics["val_eer"]
+    if realness_set is None or model.realness is None:
+        return metrics
+    was_training = model.training
+    model.eval()
+    logits = []
+    for images in realness_set.batches(batch_size):
+        with rt.autocast():
+            logits.append(model.parts(images.to(rt.device))[1].float().cpu())
+    model.train(was_training)
+    z = torch.cat(logits).numpy()
+    real = (~realness_set.is_fake).astype(int)
+    metrics["val_realness_auc"] = roc_auc(real, z)
+    metrics["val_realness_eer"] = equal_error_rate(real, z)[0]
+    metrics["val_score"] = (metrics["val_eer"] + metrics["val_realness_eer"]) / 2
+    return metrics
+
+
+def _realness_groups(dataset) -> list[tuple[list[int], list[int]]]:
+    """(real indices, fake indices) per source video of the dataset's realness rows."""
+    groups: dict[str, tuple[list[int], list[int]]] = {}
+    for i, sample in enumerate(dataset.realness):
+        groups.setdefault(sample.identity, ([], []))[sample.is_fake].append(dataset.realness_start + i)
+    return [groups[k] for k in sorted(groups)]
+
 
 def atomic_torch_save(obj, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
@@ -447,8 +558,21 @@ def train(config: TrainConfig, resume: bool = False, stop_after_steps: int = 0, 
             except DataError as exc:
                 raise TrainError(f"extra_images: {exc}") from None
     teacher_size = feature_teacher.chip_size if feature_teacher is not None else 0
+    realness_train, realness_val = [], []
+    if config.realness_data:
+        from engine.datasets import DataError, read_dfdc_faces, split_by_identity
+
+        try:
+            realness_train, realness_val = split_by_identity(read_dfdc_faces(config.realness_data),
+                                                             config.realness_val_share, seed=0)
+        except DataError as exc:
+            raise TrainError(f"realness_data: {exc}") from None
     dataset = TrainDataset(samples, config.input_size, config.augment, config.cache_images, teacher_index,
-                           config.crop_fraction, preprocessor, teacher_size, extra, progress and rt.main)
+                           config.crop_fraction, preprocessor, teacher_size, extra, progress and rt.main,
+                           realness_train if config.realness_per_batch else ())
+    if dataset.realness_faceless and rt.main:
+        print(f"realness images: {len(dataset.realness)} with a face, {len(dataset.realness_faceless)} skipped",
+              file=sys.stderr)
     if extra and rt.main:
         skipped = dataset.extra_faceless
         print(f"extra images: {len(dataset.extra)} with a face, {len(skipped)} skipped"
@@ -461,7 +585,7 @@ def train(config: TrainConfig, resume: bool = False, stop_after_steps: int = 0, 
               file=sys.stderr)
     sampler = PKSampler(dataset.labels.identity, dataset.labels.is_fake, config.p, config.k, config.fake_share,
                         config.seed, rt.rank, rt.world_size, config.steps_per_epoch, len(dataset.extra),
-                        config.extra_per_batch)
+                        config.extra_per_batch, _realness_groups(dataset), config.realness_per_batch)
     if config.loader == "device":  # the GPU path: images live on the device, augmented there
         from training.device_data import DeviceBatches
 
@@ -477,6 +601,9 @@ def train(config: TrainConfig, resume: bool = False, stop_after_steps: int = 0, 
         if pairset.dropped:
             print(f"left out {pairset.dropped} validation pair(s) with an image where no face is found",
                   file=sys.stderr)
+    realness_set = None
+    if config.validate and rt.main and realness_val and config.realness_weight > 0:
+        realness_set = RealnessSet(realness_val, config.input_size, config.cache_images, preprocessor)
 
     # Model (same init on every rank; DDP also broadcasts rank 0's weights)
     embedder = get_model(config.model_config(), dropout=config.dropout)
@@ -491,8 +618,11 @@ def train(config: TrainConfig, resume: bool = False, stop_after_steps: int = 0, 
                                  config.aux_scale, config.aux_margin)
     projection = None
     if feature_teacher is not None:
-        projection = FeatureProjection(config.embedding_dim - int(config.realness_weight > 0))
-        if saved is None:  # the teacher's mean descriptor over a fixed draw of clean real training views
+        projection = FeatureProjection(config.embedding_dim - int(config.realness_weight > 0),
+                                       linear=config.feature_projection)
+        if saved is None and not config.feature_projection:  # the centring the student's head starts with
+            projection.teacher_mean.copy_(-embedder.head.fc.bias.detach())
+        elif saved is None:  # the teacher's mean descriptor over a fixed draw of clean real training views
             projection.teacher_mean.copy_(_teacher_mean(feature_teacher, dataset, rt, config.seed))
     net = Trainee(embedder, head, projection).to(rt.device)
     if config.channels_last:
@@ -535,7 +665,8 @@ def train(config: TrainConfig, resume: bool = False, stop_after_steps: int = 0, 
 
     def save_best(epoch: int, metrics: dict) -> None:
         extra = {"run": config.name, "epoch": epoch,
-                 **{k: metrics[k] for k in ("val_eer", "val_eer_real", "val_eer_fake") if k in metrics}}
+                 **{k: metrics[k] for k in ("val_eer", "val_eer_real", "val_eer_fake", "val_realness_auc")
+                    if k in metrics}}
         threshold = metrics.get("val_threshold")
         if threshold is not None:  # rounding can put an EER threshold of cosines past 1; the contract wants [-1, 1]
             threshold = min(1.0, max(-1.0, float(threshold)))
@@ -559,9 +690,9 @@ def train(config: TrainConfig, resume: bool = False, stop_after_steps: int = 0, 
     if saved is None:
         row = {"epoch": 0, "step": 0}
         if pairset is not None:
-            metrics = validate_pairs(embedder, pairset, rt, config.val_batch, progress)
+            metrics = validate_all(embedder, pairset, realness_set, rt, config.val_batch, progress)
             row.update(metrics)
-            progress_state["best_eer"], progress_state["best_epoch"] = metrics["val_eer"], 0
+            progress_state["best_eer"], progress_state["best_epoch"] = metrics["val_score"], 0
             print(f"epoch 0 (untrained): {_eer_text(metrics)}", file=sys.stderr)
         if rt.main:
             rows.append({k: _round(v) for k, v in row.items()})
@@ -589,7 +720,7 @@ def train(config: TrainConfig, resume: bool = False, stop_after_steps: int = 0, 
         for batch in (map(on_device, sampler) if on_device is not None else loader):
             lr = lr_at(progress_state["global_step"], total_steps, warmup_steps, config.lr, config.min_lr_ratio)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             images = batch["image"].to(rt.device, non_blocking=True)
             identity = batch["identity"].to(rt.device)
             is_fake = batch["is_fake"].to(rt.device)
@@ -599,7 +730,7 @@ def train(config: TrainConfig, resume: bool = False, stop_after_steps: int = 0, 
                                                  else None)
             trip, stats = triplet_loss(emb[labelled], identity[labelled], is_fake[labelled], config.mining,
                                        config.margin, config.fake_fake)
-            loss = trip
+            loss = config.triplet_weight * trip
             if aux is not None:
                 loss = loss + config.aux_weight * aux
             distill = realness = feature = None
@@ -616,8 +747,8 @@ def train(config: TrainConfig, resume: bool = False, stop_after_steps: int = 0, 
                 feature = net.projection.loss(projected[real], descriptors)
                 loss = loss + config.feature_weight * feature
             if logit is not None:
-                realness = nn.functional.binary_cross_entropy_with_logits(logit[labelled],
-                                                                          1.0 - is_fake[labelled].float())
+                # Every row's realness is known: labelled and realness rows say it, unlabelled photos are real.
+                realness = nn.functional.binary_cross_entropy_with_logits(logit.float(), 1.0 - is_fake.float())
                 loss = loss + config.realness_loss * realness
             if not torch.isfinite(loss):
                 raise TrainError(f"epoch {epoch} step {progress_state['step']}: loss is {loss.item()} "
@@ -664,11 +795,11 @@ def train(config: TrainConfig, resume: bool = False, stop_after_steps: int = 0, 
 
         row = _epoch_row(epoch, progress_state, sums, optimizer, rt)
         if pairset is not None:
-            metrics = validate_pairs(embedder, pairset, rt, config.val_batch, progress)
+            metrics = validate_all(embedder, pairset, realness_set, rt, config.val_batch, progress)
             row.update(metrics)
             best = progress_state["best_eer"]
-            if best is None or metrics["val_eer"] < best:
-                progress_state["best_eer"], progress_state["best_epoch"] = metrics["val_eer"], epoch
+            if best is None or metrics["val_score"] < best:
+                progress_state["best_eer"], progress_state["best_epoch"] = metrics["val_score"], epoch
                 save_best(epoch, metrics)
         elif rt.main:
             progress_state["best_epoch"] = epoch
@@ -723,8 +854,11 @@ def _summary_line(row: dict) -> str:
 def _eer_text(metrics: dict) -> str:
     def f(value):
         return "n/a" if value is None else f"{value:.4f}"
-    return (f"val EER {f(metrics.get('val_eer'))} (real {f(metrics.get('val_eer_real'))}, "
+    text = (f"val EER {f(metrics.get('val_eer'))} (real {f(metrics.get('val_eer_real'))}, "
             f"fake {f(metrics.get('val_eer_fake'))})")
+    if metrics.get("val_realness_auc") is not None:
+        text += f", realness AUC {f(metrics['val_realness_auc'])} (held-out real deepfakes)"
+    return text
 
 
 def _resumed_config(config: TrainConfig, saved: dict, run_dir: Path) -> TrainConfig:

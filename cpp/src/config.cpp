@@ -119,9 +119,8 @@ ModelConfig parse_model_config(const std::string& body, const std::string& sourc
     auto get = [&](const char* key, const json& fallback) { return data.contains(key) ? data[key] : fallback; };
     try {
         text("arch", get("arch", "resnet34"));
+        // Any square size a network was made for (dlib's is 150), as in engine/contract.py.
         c.input_size = static_cast<int>(integer("input_size", get("input_size", 112), 32, 1024));
-        if (c.input_size % 16)
-            throw Error("input_size must be >= 32 and a multiple of 16, got " + std::to_string(c.input_size));
         c.crop_fraction = number("crop_fraction", get("crop_fraction", 1.0));
         if (!(c.crop_fraction > 0.0 && c.crop_fraction <= 1.0))
             throw Error("crop_fraction must be in (0, 1], got " + fmt_g(c.crop_fraction));

@@ -268,7 +268,8 @@ void test_model_json() {
     CHECK_ERROR(fv::parse_model_config(with("\"threshold\": true"), "m.json"), "threshold must be a finite number");
     CHECK_ERROR(fv::parse_model_config(with("\"threshold\": \"0.5\""), "m.json"), "threshold must be a finite number");
     CHECK_ERROR(fv::parse_model_config(with("\"threshold\": 2"), "m.json"), "threshold must be in [-1, 1]");
-    CHECK_ERROR(fv::parse_model_config(with("\"input_size\": 120"), "m.json"), "multiple of 16");
+    CHECK(fv::parse_model_config(with("\"input_size\": 150"), "m.json").input_size == 150);  // dlib's chip size
+    CHECK_ERROR(fv::parse_model_config(with("\"input_size\": 31"), "m.json"), "input_size must be in [32, 1024]");
     CHECK_ERROR(fv::parse_model_config(with("\"input_size\": 112.0"), "m.json"), "input_size must be an integer");
     CHECK_ERROR(fv::parse_model_config(with("\"input_size\": 18446744073709551615"), "m.json"), "input_size must be in");
     CHECK_ERROR(fv::parse_model_config("{\"align\": \"eyes\"}", "m.json"), "align must be 'none' or 'face'");

@@ -28,7 +28,7 @@ BAD = [  # (key, value, what the message says)
     ("input_size", 10 ** 6, "input_size must be in [32, 1024], got 1000000"),
     ("input_size", 10 ** 400, "input_size must be in [32, 1024], got " + str(10 ** 400)[:57] + "..."),
     ("threshold", 10 ** 400, "threshold must be a finite number in [-1, 1], got " + str(10 ** 400)[:57] + "... (int)"),
-    ("input_size", 120, "input_size must be >= 32 and a multiple of 16, got 120"),
+    ("input_size", 31, "input_size must be in [32, 1024], got 31"),
     ("embedding_dim", 0, "embedding_dim must be in [1, 65536], got 0"),
     ("embedding_dim", False, "embedding_dim must be an integer, got False (bool)"),
     ("crop_fraction", "1", "crop_fraction must be a finite number, got '1' (str)"),

@@ -650,3 +650,46 @@ def test_convert_removes_the_build_folder_of_a_killed_run(tmp_path, monkeypatch)
     finally:
         live.kill()
         live.wait()
+
+
+# ----------------------------------------------------------------- DFDC face crops
+
+def _dfdc(root: Path, rows: list[str]) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "faces.csv").write_text("file,label,made_from\n" + "".join(r + "\n" for r in rows))
+    return root
+
+
+def test_dfdc_faces_take_their_source_videos_identity(tmp_path):
+    from engine.datasets import read_dfdc_faces
+
+    root = _dfdc(tmp_path / "dfdc", ["real/aa.jpg,real,", "fake/ff.jpg,fake,real/aa.jpg", "real/bb.jpg,real,"])
+    samples = read_dfdc_faces(root)
+    assert [(s.path, s.identity, s.is_fake, s.attack) for s in samples] == [
+        (root / "real/aa.jpg", "dfdc/aa", False, ""), (root / "fake/ff.jpg", "dfdc/aa", True, "dfdc"),
+        (root / "real/bb.jpg", "dfdc/bb", False, "")]
+
+
+@pytest.mark.parametrize("rows, message", [
+    (["real/a.jpg,maybe,"], "faces.csv:2: label must be real or fake"),
+    (["fake/f.jpg,fake,"], "faces.csv:2: a fake needs made_from"),
+    (["../x.jpg,real,"], "escapes"),
+    ([], "faces.csv: no rows"),
+])
+def test_dfdc_faces_refuse_bad_rows_by_line(tmp_path, rows, message):
+    from engine.datasets import read_dfdc_faces
+
+    with pytest.raises(DataError, match=message):
+        read_dfdc_faces(_dfdc(tmp_path / "dfdc", rows))
+
+
+def test_split_by_identity_keeps_a_fake_with_its_source_and_is_fixed_per_seed():
+    from engine.datasets import split_by_identity
+
+    samples = [Sample(Path(f"{i}{k}.jpg"), f"v{i}", k == "f") for i in range(50) for k in "rf"]
+    train, val = split_by_identity(samples, 0.2, seed=0)
+    assert len(val) == 20 and len(train) == 80
+    assert not {s.identity for s in train} & {s.identity for s in val}
+    assert split_by_identity(samples, 0.2, seed=0) == (train, val)
+    assert split_by_identity(samples, 0.2, seed=1)[1] != val
+    assert split_by_identity(samples, 0.0) == (samples, [])

@@ -38,7 +38,7 @@ def test_backbone_matches_torchvision_parameter_count(arch):
 
 
 def test_registry_lists_and_rejects():
-    assert {"resnet18", "resnet34", "resnet50"} <= set(available_models())
+    assert {"resnet18", "resnet34", "resnet50", "dlib_resnet29"} <= set(available_models())
     assert get_model("resnet34").config.arch == "resnet34"
     with pytest.raises(ValueError, match="unknown arch"):
         get_model(ModelConfig(arch="resnet7", input_size=32))
@@ -130,35 +130,42 @@ def test_realness_coordinate_is_the_last_output_and_keeps_the_contract():
     assert identity.shape == (4, 15) and logit.shape == (4,)
     assert emb.shape == (4, 16)
     torch.testing.assert_close(emb.norm(dim=1), torch.ones(4), rtol=0, atol=1e-5)
-    expected_last = torch.tanh(0.5 * logit) / torch.sqrt(1 + torch.tanh(0.5 * logit) ** 2)
-    torch.testing.assert_close(emb[:, -1], expected_last, rtol=0, atol=1e-5)
+    t = torch.clamp(torch.tanh(0.5 * logit), max=0.0)
+    torch.testing.assert_close(emb[:, -1], t / torch.sqrt(1 + t ** 2), rtol=0, atol=1e-5)
 
 
 def test_realness_separates_a_fake_from_the_same_identity():
-    """Same identity vector: two reals score 1, a real and a fake (1 - a^2) / (1 + a^2)."""
-    a = 1.5
+    """Same identity vector: two reals score 1, a real and a fake 1 / sqrt(1 + a^2)."""
+    a = 3.0
     model = get_model(ModelConfig(arch="resnet18", input_size=32, embedding_dim=4, realness_weight=a))
     identity = torch.nn.functional.normalize(torch.tensor([[1.0, 2.0, 2.0]] * 3), dim=1)
     emb = model.combine(identity, torch.tensor([40.0, 40.0, -40.0]))  # real, real, fake
     cos = emb @ emb.t()
     assert cos[0, 1].item() == pytest.approx(1.0, abs=1e-6)
-    assert cos[0, 2].item() == pytest.approx((1 - a * a) / (1 + a * a), abs=1e-6)
-    # Between reals the score is a monotone map of the identity cosine s: (s + a^2) / (1 + a^2).
-    other = torch.nn.functional.normalize(torch.tensor([[2.0, -1.0, 0.5]]), dim=1)
-    s = (identity[0] @ other[0]).item()
-    pair = model.combine(torch.cat([identity[:1], other]), torch.tensor([40.0, 40.0]))
-    assert (pair[0] @ pair[1]).item() == pytest.approx((s + a * a) / (1 + a * a), abs=1e-6)
+    assert cos[0, 2].item() == pytest.approx(1 / (1 + a * a) ** 0.5, abs=1e-6)
+
+
+@pytest.mark.parametrize("logits", [(40.0, 40.0), (0.01, 3.0), (40.0, 0.0)])
+def test_realness_never_moves_the_similarity_of_two_real_looking_faces(logits):
+    """A logit at or above -bias is 'looks real': the coordinate is exactly 0, and the pair
+    scores exactly its identity cosine (the realness head cannot cost identity accuracy there)."""
+    model = get_model(ModelConfig(arch="resnet18", input_size=32, embedding_dim=4, realness_weight=3.0))
+    pair = torch.nn.functional.normalize(torch.tensor([[1.0, 2.0, 2.0], [2.0, -1.0, 0.5]]), dim=1)
+    emb = model.combine(pair, torch.tensor(logits))
+    assert emb[:, -1].abs().max().item() == 0.0
+    assert (emb[0] @ emb[1]).item() == pytest.approx((pair[0] @ pair[1]).item(), abs=1e-7)
 
 
 def test_realness_scale_and_bias_come_from_the_config_or_the_call():
-    """Calibration moves the logit's operating point: t = tanh(scale * (logit + bias))."""
+    """Calibration moves the logit's operating point: t = min(0, tanh(scale * (logit + bias)))."""
     model = get_model(ModelConfig(arch="resnet18", input_size=32, embedding_dim=4, realness_weight=2.0,
                                   realness_scale=1.5, realness_bias=-0.5))
-    identity = torch.nn.functional.normalize(torch.tensor([[1.0, 2.0, 2.0]] * 2), dim=1)
-    logit = torch.tensor([0.3, -1.2])
-    t = torch.tanh(1.5 * (logit - 0.5))
+    identity = torch.nn.functional.normalize(torch.tensor([[1.0, 2.0, 2.0]] * 3), dim=1)
+    logit = torch.tensor([0.3, -1.2, 0.9])
+    t = torch.clamp(torch.tanh(1.5 * (logit - 0.5)), max=0.0)
+    assert t[2].item() == 0.0 and t[0].item() < 0  # 0.9 - 0.5 > 0 looks real; 0.3 - 0.5 < 0 does not
     torch.testing.assert_close(model.combine(identity, logit)[:, -1], 2 * t / torch.sqrt(1 + 4 * t * t))
-    t = torch.tanh(0.5 * (logit + 1.0))  # the call's values win over the config's
+    t = torch.clamp(torch.tanh(0.5 * (logit + 1.0)), max=0.0)  # the call's values win over the config's
     torch.testing.assert_close(model.combine(identity, logit, 1.0, 0.5, 1.0)[:, -1], t / torch.sqrt(1 + t * t))
 
 
@@ -178,3 +185,32 @@ def test_realness_checkpoint_round_trip(tmp_path):
     assert loaded.config.realness_weight == 1.0
     with torch.no_grad():
         torch.testing.assert_close(loaded(_images(2, 32)), model(_images(2, 32)), rtol=0, atol=0)
+
+
+def test_dlib_resnet29_has_dlibs_shape_and_contract():
+    """29 convolutions, 150 px in, stage maps 35/17/8/4/2, a 128-d identity + the realness coordinate."""
+    model = get_model("dlib_resnet29").eval()
+    assert model.config.input_size == 150 and model.config.template == "dlib-chip"
+    assert model.config.pixel_std == (256.0, 256.0, 256.0) and model.config.embedding_dim == 128
+    assert len(model.backbone.convolutions()) == 29
+    with torch.no_grad():
+        maps = model.backbone.stages(model.normalise(_images(2, 150)))
+        emb = model(_images(2, 150))
+    assert [tuple(m.shape[1:]) for m in maps] == [(32, 35, 35), (64, 17, 17), (128, 8, 8), (256, 4, 4), (256, 2, 2)]
+    assert emb.shape == (2, 128)
+    with_realness = get_model(ModelConfig(arch="dlib_resnet29", input_size=150, embedding_dim=129,
+                                          realness_weight=3.0)).eval()
+    with torch.no_grad():
+        assert with_realness(_images(2, 150)).shape == (2, 129)
+    assert len(with_realness.realness.local) == 4  # the 35, 17, 8 and 4 px maps feed the realness head
+
+
+def test_dlib_resnet29_sums_unequal_paths_over_the_larger_extent():
+    """dlib's add_prev: a 3x3 branch and a 4x4 shortcut give 4x4, zero outside each input."""
+    from nets.dlib_resnet import _add_top_left
+
+    a, b = torch.ones(1, 2, 3, 3), torch.full((1, 1, 4, 4), 2.0)
+    out = _add_top_left(a, b)
+    assert out.shape == (1, 2, 4, 4)
+    assert out[0, 0, :3, :3].eq(3).all() and out[0, 0, 3, :].eq(2).all() and out[0, 1, :3, :3].eq(1).all()
+    assert out[0, 1, 3, :].eq(0).all()

@@ -54,7 +54,7 @@ def test_cli_writes_the_best_setting_into_the_run(dataset, run, tmp_path, capsys
         if f.is_file():
             (target / f.name).write_bytes(f.read_bytes())
     argv = ["--run", str(target), "--pairs", str(dataset / "val"), "--weights", "0,1,2", "--scales", "0.5,1",
-            "--biases", "0,1", "--quiet"]
+            "--biases", "0,1", "--real-kept", "", "--fmr", "0", "--quiet"]
     assert main(argv) == 0
     table = capsys.readouterr().out
     assert "(best)" in table and "(identity only)" in table
@@ -74,6 +74,9 @@ def test_cli_writes_the_best_setting_into_the_run(dataset, run, tmp_path, capsys
     (["--weights", "0"], "at least one of them > 0"),
     (["--biases", "a,b"], "--biases: expected comma-separated numbers"),
     (["--weights", ","], "--weights: need at least one value"),
+    (["--biases", "", "--real-kept", ""], "need at least one value between them"),
+    (["--real-kept", "1.5"], "--real-kept: shares must be in (0, 1)"),
+    (["--fmr", "1"], "--fmr: must be in [0, 1)"),
 ])
 def test_cli_rejects_bad_grids(dataset, run, extra, message, capsys):  # noqa: F811
     with pytest.raises(SystemExit) as exc:
@@ -88,3 +91,66 @@ def test_cli_names_the_problem_with_the_run_or_the_pairs(dataset, run, tmp_path,
     train(tiny(dataset, plain, "epochs=1", "steps_per_epoch=1"), progress=False)
     assert main(["--run", str(plain), "--pairs", str(dataset / "val"), "--quiet"]) == 2
     assert "no realness head" in capsys.readouterr().err
+
+
+def test_threshold_at_fmr_admits_at_most_that_share_of_impostor_pairs():
+    import numpy as np
+
+    from training.realness import threshold_at_fmr
+
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(60, 8))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    identity = np.array([f"p{i // 3}" for i in range(57)] + ["", "", ""], object)  # 19 people x 3, 3 unknown
+    point = threshold_at_fmr(emb, identity, 0.05)
+    assert point["images"] == 57 and point["identities"] == 19
+    assert point["impostor_pairs"] == 57 * 56 // 2 - 19 * 3
+    cos = emb[:57] @ emb[:57].T
+    names = identity[:57]
+    impostor = cos[np.triu(np.ones((57, 57), bool), 1) & (names[:, None] != names[None, :])]
+    assert (impostor >= point["threshold"]).mean() <= 0.05 == point["fmr_target"]
+    assert (impostor >= np.nextafter(point["threshold"], -1)).sum() >= (impostor >= point["threshold"]).sum()
+    assert point["fmr"] == (impostor >= point["threshold"]).mean()
+    assert (impostor >= threshold_at_fmr(emb, identity, 0.0)["threshold"]).sum() == 0
+
+
+def test_cli_sets_the_threshold_at_a_false_match_rate_with_real_deepfakes(dataset, run, tmp_path, capsys):  # noqa: F811
+    """sources.csv names each photo's person: the threshold comes from every cross-identity pair of the real
+    photos; DFDC-style fakes join the pairs against the faces they were made from."""
+    import csv
+    import shutil
+
+    from test_train import _dfdc_folder
+
+    val = tmp_path / "val"
+    shutil.copytree(dataset / "val", val)
+    with open(val / "pairs.csv") as f:
+        rows = list(csv.DictReader(f))
+    with open(val / "sources.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["pair_id", "identity_0", "source_0", "identity_1", "source_1"])
+        for k, r in enumerate(rows):
+            a = f"p{k // 3}"
+            b = {"genuine": a, "impostor": f"q{k // 3}", "fake-of-same": a}[r["type"]]
+            fake = r["type"] == "fake-of-same"
+            w.writerow([r["pair_id"], a, f"{a}/0.jpg", b, ("face-swap:" if fake else "") + f"{b}/1.jpg"])
+    target = tmp_path / "run"
+    shutil.copytree(run, target)
+    dfdc = _dfdc_folder(tmp_path / "dfdc", n=10)
+    out = tmp_path / "calib.json"
+    assert main(["--run", str(target), "--pairs", str(val), "--realness-data", str(dfdc), "--realness-val-share",
+                 "0.5", "--weights", "0,1", "--scales", "1", "--biases", "", "--real-kept", "0.9,0.99",
+                 "--fmr", "0.1", "--json", str(out), "--write", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert result["n_pairs"] == len(rows) + 5  # 5 held-out DFDC fakes against their sources
+    assert {r["real_kept"] for r in result["rows"] if r["weight"] > 0} == {0.9, 0.99}
+    assert "dfdc" in result["by_attack"]
+    point = result["fmr_point"]
+    assert point["identities"] == 12 and point["fmr"] <= 0.1  # 6 p* (genuine/impostor/fake rows) + 6 q*
+    config = ModelConfig.load(target / "model.json")
+    assert config.threshold == result["threshold"] == point["threshold"]
+    assert "FMR <= 0.1" in config.extra["threshold_rule"] and "FMR <= 0.1" in printed
+    assert config.extra["eer_threshold"] == result["best"]["threshold"]
+    assert main(["--run", str(target), "--pairs", str(dataset / "val"), "--quiet"]) == 2  # --fmr needs sources
+    assert "sources.csv: no such file" in capsys.readouterr().err

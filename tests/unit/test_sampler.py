@@ -143,3 +143,26 @@ def test_unlabelled_extras_are_appended_without_changing_the_labelled_batches():
     state = mixed.state_dict()
     with pytest.raises(SamplerError, match="extra_per_batch"):
         plain.load_state_dict(state)
+
+
+def test_realness_rows_come_as_fake_and_source_pairs_from_their_own_stream():
+    """Each realness group (one source video) gives one real and one fake to a batch; the labelled part is
+    the same batch for batch as without them."""
+    identity, is_fake = make_labels()
+    n = len(identity)
+    groups = [([n + 2 * g], [n + 2 * g + 1]) for g in range(5)]
+    plain = PKSampler(identity, is_fake, p=4, k=4, seed=3, steps_per_epoch=6)
+    mixed = PKSampler(identity, is_fake, p=4, k=4, seed=3, steps_per_epoch=6, realness_groups=groups,
+                      realness_per_batch=4)
+    seen = Counter()
+    for a, b in zip(plain, mixed):
+        assert b[:16] == a
+        extra = [i for i, _ in b[16:]]
+        assert len(extra) == 4
+        for real, fake in zip(extra[::2], extra[1::2]):  # real first, then the fake made from it
+            assert real >= n and (real - n) % 2 == 0 and fake == real + 1
+            seen[real] += 1
+    assert len(seen) == 5  # a pass over the groups before any repeats: 12 pairs cover all 5
+    assert mixed.state_dict()["realness_per_batch"] == 4
+    with pytest.raises(SamplerError, match="realness_per_batch"):
+        plain.load_state_dict(mixed.state_dict())

@@ -26,10 +26,15 @@ def _tensor(values: np.ndarray) -> bytes:
     return _int(2) + _int(flat.size) + _int(1) + _int(1) + _int(1) + flat.tobytes()
 
 
-def write_fake_dat(path, rng: np.random.Generator) -> dict:
-    """A file in dlib's layout with random weights (what the reader parses, in network order)."""
+def write_fake_dat(path, rng: np.random.Generator, mean=None) -> dict:
+    """A file in dlib's layout with random weights (what the reader parses, in network order);
+    ``mean``: the input layer's RGB means (default 122.5, 117, 1.625)."""
     out = [_str("loss_metric_2"), _int(7), _str("input_rgb_image_sized")]
-    out += [_int(245) + _int(-1), _int(117) + _int(0), _int(13) + _int(-3), _int(150), _int(150)]
+    if mean is None:
+        out += [_int(245) + _int(-1), _int(117) + _int(0), _int(13) + _int(-3)]
+    else:  # mantissa x 2^-20: within 1e-6 of each value
+        out += [_int(round(v * 2 ** 20)) + _int(-20) for v in mean]
+    out += [_int(150), _int(150)]
     convs = []
 
     def conv(n_in, n_out, k, stride):
@@ -80,7 +85,7 @@ def test_folded_stem_equals_conv_then_affine(fake_dat):
     x = torch.randn(2, 3, 40, 40)
     ref = F.conv2d(x, torch.from_numpy(w), torch.from_numpy(b), stride, pad) * torch.from_numpy(g).view(1, -1, 1, 1) \
         + torch.from_numpy(beta).view(1, -1, 1, 1)
-    assert torch.allclose(net.stem(x), ref, atol=1e-5)
+    assert torch.allclose(net.trunk.stem(x), ref, atol=1e-5)
 
 
 def test_forward_shape_and_sizes_of_dlib_chips(fake_dat):
@@ -90,14 +95,6 @@ def test_forward_shape_and_sizes_of_dlib_chips(fake_dat):
     assert out.shape == (3, 128) and torch.isfinite(out).all()
     assert torch.allclose(net(chips[:1]), out[:1], rtol=1e-4, atol=1e-3)  # batch-independent
     assert not any(p.requires_grad for p in net.parameters())
-
-
-def test_add_top_left_pads_channels_and_space():
-    a = torch.ones(1, 4, 3, 3)
-    b = torch.full((1, 2, 4, 4), 2.0)
-    out = dr._add_top_left(a, b)
-    assert out.shape == (1, 4, 4, 4)
-    assert out[0, 0, 0, 0] == 3 and out[0, 0, 3, 3] == 2 and out[0, 3, 0, 0] == 1 and out[0, 3, 3, 3] == 0
 
 
 def test_not_a_dlib_file_is_refused_with_its_name(tmp_path):

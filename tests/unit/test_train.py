@@ -462,3 +462,86 @@ def test_trains_and_validates_on_the_organisers_layout(tmp_path):
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1]
     assert all(r["val_eer"] is not None for r in rows) and summary["best_eer"] is not None
+
+
+def _dfdc_folder(root: Path, n: int = 6) -> Path:
+    """DFDC's layout: real/<video>.jpg, fake/<video>.jpg and faces.csv linking each fake to its source."""
+    rows = ["file,label,made_from"]
+    for i in range(n):
+        write_jpeg(root / "real" / f"r{i}.jpg", _face(40 + i, 0))
+        write_jpeg(root / "fake" / f"f{i}.jpg", _face(40 + i, 1, fake=True))
+        rows += [f"real/r{i}.jpg,real,", f"fake/f{i}.jpg,fake,real/r{i}.jpg"]
+    (root / "faces.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_dlib_recipe_starts_as_dlib_and_learns_realness_from_real_deepfakes(dataset, tmp_path, monkeypatch,
+                                                                             capsys):
+    """The bundled model's recipe end to end on synthetic data: dlib_resnet29 initialised from a dlib
+    .dat (here random weights in dlib's layout), direct feature distillation (zero at the start: the
+    student is the teacher), DFDC-style fake + source rows, held-out realness AUC, slower trunk."""
+    from nets.dlib_resnet import PIXEL_MEAN
+    from test_teachers import write_fake_dat
+    from training.teachers import dlib_resnet
+
+    dat = tmp_path / "dlib.dat"
+    write_fake_dat(dat, np.random.default_rng(2), mean=PIXEL_MEAN)
+    monkeypatch.setattr(dlib_resnet, "default_weights", lambda: dat)
+    monkeypatch.setattr("engine.detect.open_detector", lambda *a, **k: _CentreDetector())
+    dfdc = _dfdc_folder(tmp_path / "dfdc", n=10)
+    run = tmp_path / "run"
+    config = tiny(dataset, run, "arch=dlib_resnet29", "init=dlib", "input_size=150", "embedding_dim=129",
+                  "align=face", "align_template=dlib-chip", "realness_weight=3", "feature_teacher=dlib",
+                  "feature_weight=5", "feature_projection=false", f"realness_data={dfdc}", "realness_per_batch=4",
+                  "realness_val_share=0.3", "trunk_lr_scale=0.1", "epochs=1", "steps_per_epoch=1")
+    result = train(config, progress=False)
+    err = capsys.readouterr().err
+    assert "init: loaded dlib" in err and "realness AUC" in err
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert 0.0 <= rows[0]["val_realness_auc"] <= 1.0 and "val_realness_auc" in rows[-1]
+    assert rows[-1]["val_score"] == pytest.approx((rows[-1]["val_eer"] + rows[-1]["val_realness_eer"]) / 2)
+    assert rows[-1]["loss"] == pytest.approx(rows[-1]["triplet"] + 5 * rows[-1]["feature"]
+                                             + rows[-1]["realness"], rel=1e-5)
+    assert abs(rows[-1]["feature"]) < 1e-5  # measured before the first step: the student is the teacher
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert state["model"]["projection.teacher_mean"].abs().sum() > 0  # the centring the head started with
+    assert result["global_step"] == 1
+    model = load_model(run)
+    assert model.config.input_size == 150 and model.config.pixel_std == (256.0, 256.0, 256.0)
+
+
+def test_dlib_init_reproduces_the_teacher_centred(tmp_path, monkeypatch):
+    """init=dlib: the identity vector is dlib's descriptor minus the images' mean, normalised."""
+    from nets.dlib_resnet import PIXEL_MEAN
+    from test_teachers import write_fake_dat
+    from training.teachers import dlib_resnet
+    from training.train import load_dlib_init
+
+    dat = tmp_path / "dlib.dat"
+    write_fake_dat(dat, np.random.default_rng(3), mean=PIXEL_MEAN)
+    monkeypatch.setattr(dlib_resnet, "default_weights", lambda: dat)
+    model = get_model(ModelConfig(arch="dlib_resnet29", input_size=150, embedding_dim=129, realness_weight=1.0,
+                                  pixel_mean=PIXEL_MEAN, pixel_std=(256.0, 256.0, 256.0)))
+    images = torch.randint(0, 256, (6, 150, 150, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    report = load_dlib_init(model, images)
+    assert report["missing"] and all(k.startswith("realness.") for k in report["missing"])
+    with torch.no_grad():
+        descriptors = dlib_resnet.DlibResNet(dat)(images)
+        identity, _ = model.eval().parts(images)
+    expected = torch.nn.functional.normalize(descriptors - descriptors.mean(0), dim=1)
+    torch.testing.assert_close(identity, expected, rtol=0, atol=1e-4)
+    wrong = get_model(ModelConfig(arch="dlib_resnet29", input_size=150, embedding_dim=128))  # contract's 127.5 means
+    with pytest.raises(TrainError, match="pixel mean"):
+        load_dlib_init(wrong, images)
+
+
+def test_trunk_runs_at_its_own_learning_rate(dataset, tmp_path):
+    from training.train import Trainee, build_optimizer
+
+    config = tiny(dataset, tmp_path / "run", "trunk_lr_scale=0.1", "realness_weight=1")
+    net = Trainee(get_model(config.model_config()))
+    groups = build_optimizer(config, net).param_groups
+    trunk = {id(p) for part in (net.embedder.backbone, net.embedder.head) for p in part.parameters()}
+    for group in groups:
+        assert {id(p) in trunk for p in group["params"]} <= {group["lr_scale"] == 0.1}
+    assert sum(len(g["params"]) for g in groups) == len(list(net.parameters()))

