@@ -667,6 +667,9 @@ def train(config: TrainConfig, resume: bool = False, stop_after_steps: int = 0, 
         extra = {"run": config.name, "epoch": epoch,
                  **{k: metrics[k] for k in ("val_eer", "val_eer_real", "val_eer_fake", "val_realness_auc")
                     if k in metrics}}
+        if config.init == "dlib":  # what the weights started from, and under which licence
+            extra["initial_weights"] = ("dlib_face_recognition_resnet_model_v1 (face_recognition_models on PyPI, "
+                                        "CC0 1.0, Davis King)")
         threshold = metrics.get("val_threshold")
         if threshold is not None:  # rounding can put an EER threshold of cosines past 1; the contract wants [-1, 1]
             threshold = min(1.0, max(-1.0, float(threshold)))

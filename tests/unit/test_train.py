@@ -508,6 +508,7 @@ def test_dlib_recipe_starts_as_dlib_and_learns_realness_from_real_deepfakes(data
     assert result["global_step"] == 1
     model = load_model(run)
     assert model.config.input_size == 150 and model.config.pixel_std == (256.0, 256.0, 256.0)
+    assert "CC0" in model.config.extra["initial_weights"]
 
 
 def test_dlib_init_reproduces_the_teacher_centred(tmp_path, monkeypatch):
