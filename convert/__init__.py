@@ -253,7 +253,13 @@ def convert_checkpoint(checkpoint, out, *, precision=DEFAULT_PRECISIONS, engine:
                                  + "\n\n" + gate.format_table(report))
 
         # ------------------------------------------------------------ threshold + model.json
-        if pairs is not None:
+        rule = config.extra.get("threshold_rule") if config.threshold is not None else None
+        if rule:
+            # Calibrated on purpose (training.realness: a false match rate on never-trained identities):
+            # the EER of these pairs is a different operating point, kept per variant in `thresholds`.
+            threshold = config.threshold
+            threshold_source = f"carried from {checkpoint / 'model.json'} ({rule})"
+        elif pairs is not None:
             # An EER threshold of raw cosines can round past 1 (a collapsed model); the contract wants [-1, 1].
             threshold = min(1.0, max(-1.0, report["variants"]["fp32"]["verification"]["eer_threshold"]))
             threshold_source = f"fp32 ONNX EER threshold on {len(pairs)} validation pairs ({val_pairs})"

@@ -231,6 +231,22 @@ def test_cli_errors_and_engine_without_tensorrt(setup, tmp_path, capsys):
     assert not list(tmp_path.iterdir())
 
 
+def test_a_threshold_calibrated_by_rule_is_carried_over_the_validation_eer(setup, tmp_path):
+    """training.realness --fmr writes threshold_rule: convert keeps that threshold even with --val-pairs."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(setup / "run", run)
+    cfg = ModelConfig.load(run / "model.json")
+    rule = "FMR <= 0.001 on 100 cross-identity pairs"
+    ModelConfig(**{**cfg.to_dict(), "threshold": 0.4321, "extra": {"threshold_rule": rule}}).save(run / "model.json")
+    out = tmp_path / "m"
+    report = convert_checkpoint(run, out, precision="fp16", tolerance=1.0, **_common(setup))
+    written = ModelConfig.load(out / "model.json")
+    assert written.threshold == 0.4321 and rule in written.extra["threshold_source"]
+    assert written.extra["thresholds"]["fp16"] == report["variants"]["fp16"]["verification"]["eer_threshold"]
+
+
 def test_cli_without_pairs_carries_the_threshold_and_force_replaces(setup, tmp_path, capsys):
     out = tmp_path / "m"
     out.mkdir()
