@@ -31,13 +31,45 @@ DLIB_CHIP = ((34.4, 34.4), (76.0, 34.3), (55.3, 59.6), (55.4, 80.1))
 TEMPLATES = {"arcface": ARCFACE, "lfw-centre": LFW_CENTRE, "dlib-chip": DLIB_CHIP}
 
 
+def check_template(pts) -> None:
+    """Refuse 4 points that do not describe an upright face in the 112 px frame.
+
+    A template of identical, collinear or tiny points warps every photo to the
+    same few pixels, and then every pair "matches" (measured: 0.997). The
+    rules, in reference pixels: inside the frame; the first eye left of the
+    second, 11 to 101 px apart, the eye line tilted at most 1:2; the nose
+    below the eyes and the mouth below the nose, the mouth at least 11 px
+    below the eyes, both between the eyes horizontally. The shipped templates
+    pass with room to spare (eyes 35-42 px apart, mouth 40-46 px below them).
+    The C++ runner applies the same rules (cpp/src/config.cpp).
+    """
+    pts = np.asarray(pts, np.float64)
+    if pts.shape != (4, 2):
+        raise ValueError(f"a template is 4 (x, y) points, got shape {pts.shape}")
+    (lx, ly), (rx, ry), (nx, ny), (mx, my) = pts
+    ref = float(REFERENCE_SIZE)
+    eyes_y = (ly + ry) / 2
+    problems = [
+        (not ((pts >= 0) & (pts <= ref)).all(), f"points must lie inside the {REFERENCE_SIZE} px frame"),
+        (not lx < rx, "the first eye must be left of the second"),
+        (not 0.1 * ref <= np.hypot(rx - lx, ry - ly) <= 0.9 * ref,
+         f"the eyes must be {0.1 * ref:g} to {0.9 * ref:g} px apart"),
+        (abs(ry - ly) > 0.5 * abs(rx - lx), "the eye line must be within 1:2 of horizontal"),
+        (not eyes_y < ny < my, "the nose must be below the eyes and the mouth below the nose"),
+        (my - eyes_y < 0.1 * ref, f"the mouth must be at least {0.1 * ref:g} px below the eyes"),
+        (not (lx <= nx <= rx and lx <= mx <= rx), "the nose and mouth must lie between the eyes horizontally"),
+    ]
+    for bad, why in problems:
+        if bad:
+            raise ValueError(f"not a face template: {why}")
+
+
 def template_points(template, size: int, margin: float = 0.0) -> np.ndarray:
     """(4, 2) float64 template for a ``size`` px crop, widened by ``margin`` around the centre."""
     if isinstance(template, str) and template not in TEMPLATES:
         raise ValueError(f"unknown template {template!r}; known: {', '.join(TEMPLATES)}")
     pts = np.asarray(TEMPLATES[template] if isinstance(template, str) else template, np.float64)
-    if pts.shape != (4, 2):
-        raise ValueError(f"a template is 4 (x, y) points, got shape {pts.shape}")
+    check_template(pts)
     if margin < 0:
         raise ValueError(f"margin must be >= 0, got {margin}")
     centre = REFERENCE_SIZE / 2

@@ -165,6 +165,13 @@ class ModelConfig:
                                 f"letters, digits, '_', '-', '.'), got {_show(self.detector)}")
         self.template = _template(self.template)
         self.margin = _number("margin", self.margin, 0.0, MAX_MARGIN)
+        if not isinstance(self.template, str):  # point templates are checked even where align is none
+            from engine.align import check_template
+
+            try:
+                check_template(self.template)
+            except ValueError as exc:
+                raise ContractError(f"template: {exc}") from None
         if self.align == "face":
             from engine.align import template_points
 

@@ -95,6 +95,25 @@ std::string read_text(const std::string& path, bool* missing) {
 
 }  // namespace
 
+void check_template(const Points4& p) {
+    // engine/align.py check_template, rule for rule and word for word: a template of identical,
+    // collinear or tiny points warps every photo to the same few pixels, and every pair then matches.
+    const double ref = 112.0;
+    auto fail = [](const std::string& why) { throw Error("not a face template: " + why); };
+    for (const auto& pt : p)
+        for (double v : pt)
+            if (!(v >= 0.0 && v <= ref)) fail("points must lie inside the 112 px frame");
+    double lx = p[0][0], ly = p[0][1], rx = p[1][0], ry = p[1][1], nx = p[2][0], ny = p[2][1], mx = p[3][0],
+           my = p[3][1], eyes_y = (ly + ry) / 2, eyes = std::hypot(rx - lx, ry - ly);
+    if (!(lx < rx)) fail("the first eye must be left of the second");
+    if (!(eyes >= 0.1 * ref && eyes <= 0.9 * ref)) fail("the eyes must be 11.2 to 100.8 px apart");
+    if (std::abs(ry - ly) > 0.5 * std::abs(rx - lx)) fail("the eye line must be within 1:2 of horizontal");
+    if (!(eyes_y < ny && ny < my)) fail("the nose must be below the eyes and the mouth below the nose");
+    if (my - eyes_y < 0.1 * ref) fail("the mouth must be at least 11.2 px below the eyes");
+    if (!(lx <= nx && nx <= rx && lx <= mx && mx <= rx))
+        fail("the nose and mouth must lie between the eyes horizontally");
+}
+
 Points4 named_template(const std::string& name) {
     // engine/align.py TEMPLATES, at the 112 px reference size.
     if (name == "arcface") return {{{38.2946, 51.6963}, {73.5318, 51.5014}, {56.0252, 71.7366}, {56.1396, 92.2848}}};
@@ -144,6 +163,11 @@ ModelConfig parse_model_config(const std::string& body, const std::string& sourc
                 for (size_t j = 0; j < 2; ++j)
                     c.template_pts[k][j] =
                         number("template[" + std::to_string(k) + "][" + std::to_string(j) + "]", tpl[k][j]);
+            try {  // checked even where align is none, as in Python
+                check_template(c.template_pts);
+            } catch (const Error& e) {
+                throw Error(std::string("template: ") + e.what());
+            }
         }
         const double zero = 0.0, max_margin = 4.0, minus_one = -1.0, one = 1.0;
         c.margin = number("margin", get("margin", 0.0), &zero, &max_margin);

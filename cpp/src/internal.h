@@ -116,6 +116,8 @@ std::vector<Face> decode_faces(const float* raw, int anchors, int detector_size,
 size_t main_face(const std::vector<Face>& faces, int width, int height);
 
 using Points4 = std::array<std::array<double, 2>, 4>;
+// Throws Error naming the rule when 4 points (112 px frame) are no upright face (engine.align.check_template).
+void check_template(const Points4& points);
 Points4 template_points(const Points4& reference, int size, double margin);
 // 2x3 least-squares similarity mapping src onto dst (Umeyama, no reflection), row-major.
 std::array<double, 6> similarity_transform(const double* src, const double* dst, int n);

@@ -288,6 +288,23 @@ void test_model_json() {
     fv::ModelConfig pts = fv::parse_model_config(
         "{\"align\": \"face\", \"template\": [[30, 40], [80, 40], [55, 60], [55, 85]]}", "m.json");
     CHECK(pts.template_name.empty() && pts.template_pts[3][1] == 85);
+    // Templates that are no face (every photo warped to the same few pixels), refused as Python refuses them,
+    // with align none too.
+    const std::pair<const char*, const char*> no_face[] = {
+        {"[[56, 70], [56, 70], [56, 70], [56, 70]]", "the first eye must be left of the second"},
+        {"[[10, 10], [40, 40], [70, 70], [100, 100]]", "the eye line must be within 1:2 of horizontal"},
+        {"[[55, 55], [57, 55], [56, 56], [56, 57]]", "the eyes must be 11.2 to 100.8 px apart"},
+        {"[[38, 50], [74, 50], [56, 45], [56, 90]]", "the nose must be below the eyes"},
+        {"[[38, 50], [74, 50], [56, 52], [56, 55]]", "the mouth must be at least 11.2 px below the eyes"},
+        {"[[38, 50], [74, 50], [20, 70], [56, 90]]", "the nose and mouth must lie between the eyes"},
+        {"[[38, 50], [74, 50], [56, 70], [56, 190]]", "points must lie inside the 112 px frame"}};
+    for (const auto& [points, why] : no_face)
+        for (const char* align : {"face", "none"})
+            CHECK_ERROR(fv::parse_model_config(std::string("{\"align\": \"") + align + "\", \"template\": " + points + "}",
+                                               "m.json"),
+                        (std::string("template: not a face template: ") + why).c_str());
+    for (const char* name : {"arcface", "lfw-centre", "dlib-chip"})
+        CHECK(error_of([&] { fv::check_template(fv::named_template(name)); }).empty());
 }
 
 void test_plan_sidecar() {

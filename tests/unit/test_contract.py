@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 
 import numpy as np
@@ -67,9 +68,10 @@ def test_non_finite_json_literals_are_refused(tmp_path, literal):
 
 
 def test_good_values_load_and_numpy_numbers_become_plain_json_numbers(tmp_path):
-    config, _ = load(tmp_path, threshold=-1, input_size=64, margin=0, template=[[1, 2], [3, 4], [5, 6], [7, 8]])
+    face = [[38, 50], [74, 50], [56, 70], [56, 90]]
+    config, _ = load(tmp_path, threshold=-1, input_size=64, margin=0, template=face)
     assert config.threshold == -1.0 and isinstance(config.threshold, float)
-    assert config.template == [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [7.0, 8.0]]
+    assert config.template == [[38.0, 50.0], [74.0, 50.0], [56.0, 70.0], [56.0, 90.0]]
     made = ModelConfig(threshold=np.float32(0.25), input_size=np.int64(48), realness_bias=np.float64(1.5))
     assert json.loads(json.dumps(made.to_dict()))["threshold"] == 0.25  # np.float32 would not serialise
     assert type(made.input_size) is int
@@ -109,3 +111,19 @@ def test_current_umask_is_read_without_changing_it():
         assert current_umask() == 0o027 and current_umask() == 0o027
     finally:
         os.umask(old)
+
+
+@pytest.mark.parametrize("points, why", [
+    ([[56, 70]] * 4, "the first eye must be left of the second"),                       # one point four times
+    ([[10, 10], [40, 40], [70, 70], [100, 100]], "the eye line must be within 1:2"),   # collinear
+    ([[55, 55], [57, 55], [56, 56], [56, 57]], "the eyes must be 11.2 to 100.8 px apart"),  # a pinhead: crops nothing
+    ([[38, 50], [74, 50], [56, 45], [56, 90]], "the nose must be below the eyes"),
+    ([[38, 50], [74, 50], [56, 52], [56, 55]], "the mouth must be at least 11.2 px below"),
+    ([[38, 50], [74, 50], [20, 70], [56, 90]], "the nose and mouth must lie between the eyes"),
+    ([[38, 50], [74, 50], [56, 70], [56, 190]], "points must lie inside the 112 px frame"),
+])
+@pytest.mark.parametrize("align", ["face", "none"])
+def test_templates_that_are_no_face_are_refused(tmp_path, points, why, align):
+    """Such templates warp every photo to the same few pixels: every pair scored ~0.997 'same person'."""
+    with pytest.raises(ContractError, match=f"template: not a face template: {re.escape(why)}"):
+        load(tmp_path, align="face" if align == "face" else "none", template=points)
