@@ -26,6 +26,7 @@ checked before the first image is read.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 import os
@@ -107,7 +108,13 @@ def verify(image_a=None, image_b=None, *, pairs=None, out=None, labels=None, lfw
         return _fail(f"{inputs}: out of memory{f' ({exc})' if str(exc) else ''}; try a smaller --batch-size",
                      json_output)
     except Exception as exc:  # expected or a bug: one line either way, and never exit 1
+        if isinstance(exc, OSError) and exc.filename is None and exc.errno in _OUTPUT_ERRNOS:
+            raise  # printing the result failed (stdout on a full disk, a broken pipe): main() says so, once
         return _fail(_describe_error(exc, inputs), json_output)
+
+
+# What a failed write to stdout raises (a file's own errors carry its name).
+_OUTPUT_ERRNOS = (errno.ENOSPC, errno.EPIPE, errno.EBADF, errno.EIO, errno.EDQUOT, errno.EFBIG)
 
 
 def _describe_error(exc: Exception, inputs: str) -> str:
@@ -540,10 +547,18 @@ def main(argv=None) -> int:
         args = build_parser().parse_args(argv)
     except UsageError as exc:
         return _fail(str(exc), "--json" in argv)
+    if sys.stdout is None:  # `>&-`: refused before the work, as a decision nobody can read must not exit 0/1
+        return _fail("stdout is closed: the result could not be reported", False)
     import logging
 
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-    return verify(**vars(args))
+    try:
+        code = verify(**vars(args))
+        sys.stdout.flush()
+    except OSError as exc:  # a full disk or /dev/full: exit 0/1 would read as a decision
+        _err(f"error: cannot write the result to stdout ({exc.strerror or exc})")
+        return EXIT_ERROR
+    return code
 
 
 def _exit_now(code: int) -> None:
@@ -559,7 +574,8 @@ def _exit_now(code: int) -> None:
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:
-            stream.flush()
+            if stream is not None:
+                stream.flush()
         except (OSError, ValueError):  # a closed pipe: nothing more can reach the caller
             pass
     os._exit(code)

@@ -11,7 +11,9 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cerrno>
 #include <cstring>
+#include <fcntl.h>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -281,6 +283,12 @@ int main(int argc, char** argv) {
         std::printf("%s\n", fv_build_info());
         return 0;
     }
+    // A decision that cannot be reported must not exit 0 or 1 (read as "same" / "not the same"): a closed
+    // stdout is refused before the work, a failed write (a full disk, /dev/full) after it.
+    if (fcntl(1, F_GETFD) == -1) {
+        err("error: stdout is closed: the result could not be reported");
+        return EXIT_ERROR;
+    }
     fv_handle* h = fv_open(a.model.empty() ? nullptr : a.model.c_str(), a.backend.c_str(),
                            a.precision.empty() ? nullptr : a.precision.c_str());
     if (!h) return fail(fv_last_error(), a.json_output);
@@ -293,5 +301,10 @@ int main(int argc, char** argv) {
         rc = fail(e.what(), a.json_output);
     }
     fv_close(h);
+    errno = 0;
+    if (std::fflush(stdout) != 0 || std::ferror(stdout)) {
+        err(std::string("error: cannot write the result to stdout (") + std::strerror(errno ? errno : EIO) + ")");
+        return EXIT_ERROR;
+    }
     return rc;
 }

@@ -480,3 +480,20 @@ def test_mismatched_plan_sidecar(cli, tmp_path):
     if "no usable CUDA GPU" in done.stderr:
         pytest.skip("TensorRT is built but no GPU answers here")
     check_error(done, "model.int8.plan.json: refusing this TensorRT plan", "built with TensorRT 0.0.1")
+
+
+@pytest.mark.parametrize("stdout", ["full", "closed"])
+def test_a_result_that_cannot_be_written_is_exit_2(cli, photos, stdout):
+    """As in Python: a decision written to /dev/full or a closed stdout is exit 2 with one line, never 0/1."""
+    if stdout == "full" and not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system")
+    cmd = [str(cli), str(photos[0]), str(photos[1]), "--json"]
+    if stdout == "full":
+        with open("/dev/full", "w") as full:
+            done = subprocess.run(cmd, stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    else:
+        done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=120,
+                              preexec_fn=lambda: os.close(1))
+    assert done.returncode == 2, done.stderr
+    errors = error_lines(done.stderr)
+    assert len(errors) == 1 and ("cannot write the result" in errors[0] or "stdout is closed" in errors[0])

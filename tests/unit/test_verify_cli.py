@@ -603,3 +603,25 @@ def test_cli_errors_are_one_line_of_ours_even_when_a_decoder_complains(model, pa
         done = cli(a, other, "--model", model, "--threshold", "-1")
         assert done.returncode == code, done.stderr
         assert all(line.startswith("engine.verify: ") for line in done.stderr.splitlines()), done.stderr
+
+
+@pytest.mark.parametrize("stdout", ["full", "closed"])
+@pytest.mark.parametrize("json_flag", [[], ["--json"]])
+def test_a_result_that_cannot_be_written_is_exit_2_never_a_decision(model, pairs_dir, stdout, json_flag):
+    """stdout on a full disk (/dev/full) or closed (`>&-`): a same-person pair must not end as exit 1
+    ('not the same person') after a traceback, nor as exit 0 that nobody could read."""
+    if stdout == "full" and not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system")
+    a = pairs_dir / "images/00000010/0.jpg"  # pair 1 (odd): the same face twice
+    b = pairs_dir / "images/00000010/1.jpg"
+    cmd = [sys.executable, "-m", "engine.verify", str(a), str(b), "--model", model, "--threshold", "-1", *json_flag]
+    if stdout == "full":
+        with open("/dev/full", "w") as full:
+            done = subprocess.run(cmd, stdout=full, stderr=subprocess.PIPE, text=True, cwd=REPO, timeout=120)
+    else:
+        done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                              timeout=120, pass_fds=(), preexec_fn=lambda: os.close(1))
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and ("cannot write the result" in errors[0] or "stdout is closed" in errors[0])
