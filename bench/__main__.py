@@ -26,6 +26,7 @@ from pathlib import Path
 
 from bench import report as rep
 from bench.machine import describe_machine, load_average, machine_name, measure_matmul_peak, table_peak
+from engine.files import printable
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_BACKENDS = "torch:fp32,onnxruntime:fp32,onnxruntime:int8,openvino:int8"
@@ -397,10 +398,10 @@ def main(argv=None) -> int:
                      no_kernels=args.no_kernels, out=args.out,
                      name=args.name, timeout=args.timeout, command=command)
     except UsageError as exc:
-        print(f"python -m bench: error: {exc}", file=sys.stderr)
+        print(f"python -m bench: error: {printable(exc)}", file=sys.stderr)
         return 2
     except RuntimeError as exc:
-        print(f"python -m bench: error: {exc}", file=sys.stderr)
+        print(f"python -m bench: error: {printable(exc)}", file=sys.stderr)
         return 1
     print(rep.markdown_report(report))
     return 0

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import cv2
 
+from engine.files import printable
+
 
 def measure(path: Path, images: list, padded: list, batch: int) -> dict:
     from engine.backends.onnxruntime_backend import OnnxRuntimeBackend
@@ -56,12 +58,12 @@ def main(argv=None) -> int:
 
     files = sample_photos(args.images, args.count, seed=1)
     if not files:
-        print(f"error: {args.images}: no images", file=sys.stderr)
+        print(f"error: {printable(args.images)}: no images", file=sys.stderr)
         return 2
     try:
         images = [decode(f.read_bytes(), str(f)) for f in files]
     except (ImageError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(exc)}", file=sys.stderr)
         return 2
     padded = [cv2.copyMakeBorder(im, 300, 300, 300, 300, cv2.BORDER_CONSTANT, value=(128, 128, 128))
               for im in images[:args.padded]]

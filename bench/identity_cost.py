@@ -19,6 +19,8 @@ import json
 import sys
 from pathlib import Path
 
+from engine.files import printable
+
 
 def identity_only(embeddings):
     """The identity part of shipped embeddings: all but the realness coordinate, renormalised."""
@@ -57,7 +59,7 @@ def main(argv=None) -> int:
             folds = {int(k) - 1 for k in args.lfw_folds.split(",") if k.strip()}
             pairs = [p for p in read_lfw_pairs(args.lfw, args.lfw_pairs) if not folds or p.fold in folds]
     except (DataError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(exc)}", file=sys.stderr)
         return 2
     backend = open_backend(args.model, precision=args.precision)
     if backend.config.realness_weight <= 0:

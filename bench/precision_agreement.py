@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.files import printable
+
 
 def upcast_fp16_onnx(src, dst) -> None:
     """Write the FP16 ONNX file ``src`` as FP32 (weights upcast exactly, casts to half turned into casts to float)."""
@@ -128,7 +130,7 @@ def main(argv=None) -> int:
         src = resolve_model(args.model)
         rows = agreement(src.path, aligned_lfw(Path(args.lfw), src.config, args.count), runs)
     except (ValueError, OSError, BackendError, ContractError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(exc)}", file=sys.stderr)
         return 2
     print(f"{rows[0]['cpu'][:100]}")
     for r in rows:

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.files import printable
+
 
 def generated_image(seed: int, size: int = 128) -> np.ndarray:
     """A deterministic smooth RGB image (blurred noise + a bright ellipse): decodes and resizes like a photo."""
@@ -94,7 +96,7 @@ def main(argv=None) -> int:
                                 embedding_dim=args.embedding_dim, precision=args.precision,
                                 calib_images=args.calib_images, seed=args.seed, force=args.force, quiet=False)
     except (ValueError, RuntimeError) as exc:  # ContractError, ConversionError, GateError ...
-        print(f"python -m bench.random_model: error: {exc}", file=sys.stderr)
+        print(f"python -m bench.random_model: error: {printable(exc)}", file=sys.stderr)
         return 2
     print(out)
     return 0

@@ -19,6 +19,8 @@ import json
 import sys
 from pathlib import Path
 
+from engine.files import printable
+
 
 def main(argv=None) -> int:
     import numpy as np
@@ -40,7 +42,7 @@ def main(argv=None) -> int:
     try:
         _, val = split_by_identity(read_dfdc_faces(args.dfdc), args.val_share, seed=0)
     except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(exc)}", file=sys.stderr)
         return 2
     backend = open_backend(args.model, precision=args.precision)
     config = backend.config

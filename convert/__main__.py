@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from engine.files import printable
+
 
 def build_parser() -> argparse.ArgumentParser:
     from convert import DEFAULT_GATE_IMAGES, DEFAULT_PRECISIONS, gate
@@ -94,11 +96,11 @@ def main(argv=None) -> int:
             min_cosine=args.min_cosine or None, min_realness_agree=args.min_realness_agree or None, gate_images=args.gate_images, engine_options=engine_kwargs(args),
             force=args.force, quiet=args.quiet, verbose=args.verbose)
     except GateError as exc:
-        print(f"error: {exc}\nnothing was written to {args.out}", file=sys.stderr)
+        print(f"error: {printable(exc)}\nnothing was written to {args.out}", file=sys.stderr)
         return 3
     except (ConversionError, ContractError, DataError, ImageError, CalibrationError, ExportError, SimplifyError,
             PrecisionError, TensorRTUnavailable, EngineBuildError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(exc)}", file=sys.stderr)
         return 2
     print(format_table(report))
     if report.get("threshold") is not None:

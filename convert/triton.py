@@ -55,6 +55,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from engine.files import printable
+
 DEFAULT_ONNX_MAX_BATCH = 64
 DEFAULT_QUEUE_DELAY_US = 2000
 DEFAULT_INSTANCES = 2  # per GPU: one instance copies while the other computes
@@ -277,7 +279,7 @@ def main(argv=None) -> int:
     try:
         written = write_repository(**vars(args))
     except (ValueError, OSError, RuntimeError) as exc:
-        print(f"convert.triton: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(f"convert.triton: error: {printable(' '.join(str(exc).split()))}", file=sys.stderr)
         return 2
     for name, info in written.items():
         print(f"{args.out}/{name}: {info['platform']}, max_batch_size {info['max_batch_size']}")

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.files import FileRefused, check_regular, read_regular
+from engine.files import FileRefused, check_regular, read_regular, printable
 
 # Pair types, as written by ``training.prepare`` into pairs.csv.
 GENUINE = "genuine"            # two real images of the same person (label 1)
@@ -851,7 +851,7 @@ def main(argv: list[str] | None = None) -> int:
             write_pair_folder(items, args.out, args.force)
             line += f"; written to {args.out}"
     except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(exc)}", file=sys.stderr)
         return 1
     print(line)
     return 0

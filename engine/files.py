@@ -9,11 +9,28 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 from pathlib import Path
 
 _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
           (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+# Characters a terminal acts on instead of showing: C0/C1 controls (ESC starts colour, cursor and
+# clear-screen sequences), DEL, and the Unicode line separators and bidirectional overrides/isolates
+# (which reorder what follows on the line, e.g. the verdict).
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text) -> str:
+    """``text`` with every character a terminal would act on written as an escape (``\\x1b``,
+    ``\\u202e``): a file name like ``"\\x1b[2J OK same person.jpg"`` must not repaint an error line."""
+    def escape(m):
+        code = ord(m.group())
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+    return _UNPRINTABLE.sub(escape, str(text))
 
 
 class FileRefused(ValueError):

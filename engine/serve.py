@@ -55,6 +55,8 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.files import printable
+
 DEFAULT_MAX_BATCH = 32  # the CPU backends' batch (engine.backends.CPU_MAX_BATCH): throughput flattens past it
 DEFAULT_QUEUE_DELAY_US = 2000  # ~5 % of one CPU batch-32 call: a few more requests join at little latency
 DEFAULT_MAX_IMAGE_BYTES = 16 * 1024 * 1024  # a 50 Mpx JPEG is ~25 MB; a face photo for verification is far less
@@ -376,7 +378,7 @@ def serve(model=None, *, backend: str = "auto", precision: str | None = None, de
     except KeyboardInterrupt:
         return 130
     except (ValueError, OSError, RuntimeError, TimeoutError, ImportError) as exc:
-        print(f"engine.serve: error: {_one_line(exc) or type(exc).__name__}", file=sys.stderr)
+        print(f"engine.serve: error: {printable(_one_line(exc)) or type(exc).__name__}", file=sys.stderr)
         return 2
 
 
@@ -532,7 +534,7 @@ def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except UsageError as exc:
-        print(f"engine.serve: error: {exc}", file=sys.stderr)
+        print(f"engine.serve: error: {printable(exc)}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     if not args.verbose:  # PyTriton logs each model's endpoints at INFO and warns on every in-band error row

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.files import current_umask
+from engine.files import current_umask, printable
 from engine.datasets import DataError
 
 ID_WIDTH = 8
@@ -310,7 +310,7 @@ def main(argv=None) -> int:
             result = score_submission(args.submission, args.labels, args.out, method=args.method,
                                       bootstrap=args.bootstrap, seed=args.seed, threshold=args.threshold)
         except (ValueError, OSError) as exc:  # DataError is a ValueError
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {printable(exc)}", file=sys.stderr)
             return 2
         finally:
             for w in caught:

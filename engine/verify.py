@@ -30,6 +30,7 @@ import errno
 import json
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -61,7 +62,9 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _err(message: str) -> None:
-    print(f"engine.verify: {message}", file=sys.stderr)
+    from engine.files import printable
+
+    print(f"engine.verify: {printable(message)}", file=sys.stderr)
 
 
 def _check_usage(image_a, image_b, pairs, out, labels, lfw, lfw_pairs, report) -> str:
@@ -129,7 +132,9 @@ def _describe_error(exc: Exception, inputs: str) -> str:
 
 
 def _fail(message: str, json_output: bool, code: int | None = None) -> int:
-    message = " ".join(str(message).split())  # one line, whatever the exception held
+    # One line, whatever the exception held; ASCII whitespace only (str.split would also turn NEL,
+    # U+2028 and the like into spaces, which printable() shows escaped instead).
+    message = " ".join(re.split(r"[ \t\n\r\f\v]+", str(message))).strip()
     _err(f"error: {message}")
     if json_output:
         print(json.dumps({"error": message}))

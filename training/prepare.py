@@ -50,6 +50,7 @@ import numpy as np
 from engine.datasets import (FAKE_OF_OTHER, FAKE_OF_SAME, GENUINE, IMPOSTOR, PAIR_TYPES, DataError,
                              read_identity_folders, read_lfw_pairs, remove_orphans)
 from training.attacks import ATTACKS, FACE_SWAP, MORPH, SELF_BLEND
+from engine.files import printable
 
 DEFAULT_VAL_PAIRS = (2000, 2000, 1000, 300)
 DEFAULT_TEST_PAIRS = (3000, 3000, 1500, 500)
@@ -611,10 +612,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = prepare(**vars(args))
     except PrepareError as exc:  # refused arguments or output folder, before any work
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(exc)}", file=sys.stderr)
         return 2
     except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted; nothing written", file=sys.stderr)

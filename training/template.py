@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.files import printable
+
 
 def sample_photos(folder, count: int, seed: int) -> list[Path]:
     """``count`` images (recursive) of ``folder``, a seeded random draw in a fixed order."""
@@ -55,7 +57,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     files = sample_photos(args.images, args.count, seed=0)
     if not files:
-        print(f"error: {args.images}: no images", file=sys.stderr)
+        print(f"error: {printable(args.images)}: no images", file=sys.stderr)
         return 2
     pts, used = measure_template(files, args.crop_fraction)
     print(f"{used} faces: " + ", ".join(f"({x:.1f}, {y:.1f})" for x, y in pts))

@@ -37,6 +37,7 @@ from nets.checkpoint import save_model
 from training.config import ConfigError, TrainConfig, config_from_dict, load_config, save_config
 from training.losses import MarginSoftmaxHead, triplet_loss
 from nets.model import FaceEmbedder, get_model, load_torchvision_backbone
+from engine.files import printable
 
 LAST = "last.pt"
 # Keys that may change on --resume without changing the result.
@@ -916,7 +917,7 @@ def main(argv=None) -> int:
         config = load_config(args.config, args.overrides)
         summary = train(config, resume=args.resume, stop_after_steps=args.stop_after_steps, progress=args.progress)
     except (ConfigError, TrainError, ContractError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(exc)}", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({k: v for k, v in summary.items() if k != "log"}))

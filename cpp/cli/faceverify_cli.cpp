@@ -107,7 +107,36 @@ Args parse(int argc, char** argv) {
     return a;
 }
 
-void err(const std::string& message) { std::fprintf(stderr, "faceverify: %s\n", message.c_str()); }
+// `message` with what a terminal would act on escaped (as engine.files.printable): C0/C1 controls (ESC starts
+// colour and clear-screen sequences), DEL, U+2028/2029 and the bidi overrides/isolates, which would let a
+// file name like "\x1b[2J OK same person.jpg" repaint the line.
+std::string printable(const std::string& s) {
+    std::string out;
+    char buf[12];
+    for (size_t i = 0; i < s.size(); ++i) {
+        auto c = static_cast<unsigned char>(s[i]);
+        auto next = [&](size_t k) { return i + k < s.size() ? static_cast<unsigned char>(s[i + k]) : 0u; };
+        if (c < 0x20 || c == 0x7f) {
+            std::snprintf(buf, sizeof buf, "\\x%02x", c);
+            out += buf;
+        } else if (c == 0xc2 && next(1) >= 0x80 && next(1) <= 0x9f) {  // U+0080..U+009F (C1) in UTF-8
+            std::snprintf(buf, sizeof buf, "\\x%02x", next(1));
+            out += buf;
+            i += 1;
+        } else if (c == 0xe2 && ((next(1) == 0x80 && next(2) >= 0xa8 && next(2) <= 0xae) ||
+                                 (next(1) == 0x81 && next(2) >= 0xa6 && next(2) <= 0xa9))) {
+            unsigned code = 0x2000 + ((next(1) & 0x3f) << 6) + (next(2) & 0x3f);
+            std::snprintf(buf, sizeof buf, "\\u%04x", code);
+            out += buf;
+            i += 2;
+        } else {
+            out += static_cast<char>(c);
+        }
+    }
+    return out;
+}
+
+void err(const std::string& message) { std::fprintf(stderr, "faceverify: %s\n", printable(message).c_str()); }
 
 // A file name is bytes, not always UTF-8: invalid bytes become U+FFFD, so no output ever fails on one.
 std::string text(const json& doc) { return doc.dump(-1, ' ', false, json::error_handler_t::replace); }

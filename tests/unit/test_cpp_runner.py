@@ -497,3 +497,14 @@ def test_a_result_that_cannot_be_written_is_exit_2(cli, photos, stdout):
     assert done.returncode == 2, done.stderr
     errors = error_lines(done.stderr)
     assert len(errors) == 1 and ("cannot write the result" in errors[0] or "stdout is closed" in errors[0])
+
+
+@pytest.mark.parametrize("name", ["\x1b[2J\x1b[31m OK same person \x1b[0m.jpg", "a\u202egpj.exe", "x\x85y.jpg"])
+def test_file_names_cannot_repaint_the_error_line(cli, photos, tmp_path, name):
+    """As in Python (engine.files.printable): escapes, bidi overrides and C1 controls are shown escaped."""
+    from engine.files import printable
+
+    missing = tmp_path / name
+    done = run_cli(cli, missing, photos[0], check_rc=2)
+    assert not any(ch in done.stderr for ch in "\x1b\u202e\x85")
+    assert printable(str(missing)) in done.stderr

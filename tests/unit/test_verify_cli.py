@@ -625,3 +625,22 @@ def test_a_result_that_cannot_be_written_is_exit_2_never_a_decision(model, pairs
     assert "Traceback" not in done.stderr
     errors = [line for line in done.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and ("cannot write the result" in errors[0] or "stdout is closed" in errors[0])
+
+
+@pytest.mark.parametrize("name", ["\x1b[2J\x1b[31m OK same person \x1b[0m.jpg", "a\u202egpj.exe", "x\x85y.jpg"])
+def test_file_names_cannot_repaint_the_error_line(capsys, model, pairs_dir, tmp_path, name):
+    """A name with escape sequences (clear screen, colour), a bidi override or a C1 control is shown escaped."""
+    from engine.files import printable
+
+    missing = tmp_path / name
+    code, out, err = run(capsys, missing, pairs_dir / "images/00000003/0.jpg", "--model", model)
+    assert code == 2
+    assert not any(ch in err for ch in "\x1b\u202e\x85")
+    assert printable(str(missing)) in err and ("\\x1b[2J" in err or "\\u202e" in err or "\\x85" in err)
+
+
+def test_printable_escapes_only_what_a_terminal_acts_on():
+    from engine.files import printable
+
+    assert printable("naïve café 日本.jpg") == "naïve café 日本.jpg"
+    assert printable("\x1b[0m\x00\x7f\u2028\u2066") == "\\x1b[0m\\x00\\x7f\\u2028\\u2066"
