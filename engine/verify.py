@@ -43,6 +43,10 @@ FAILED_PAIR_SCORE = -1.0
 # CPU backends run a batch as one call: past this, buffers and activations take
 # gigabytes with no gain in throughput (which saturates near batch 32-64 here).
 MAX_CPU_BATCH = 1024
+# Counts a user types, bounded so a typo cannot exhaust the machine (both went past 3 GB in under 25 s):
+# decode threads each hold a batch of decoded photos; bootstrap resamples hold one index array each.
+MAX_WORKERS = 64
+MAX_BOOTSTRAP = 100_000
 
 
 class UsageError(ValueError):
@@ -153,8 +157,10 @@ def _run(image_a, image_b, *, pairs, out, labels, lfw, lfw_pairs, lfw_folds, rep
     for flag, value in (("--batch-size", batch_size), ("--workers", workers)):
         if value is not None and value < 1:
             raise UsageError(f"{flag} must be >= 1, got {value}")
-    if bootstrap < 0:
-        raise UsageError(f"--bootstrap must be >= 0, got {bootstrap}")
+    if workers is not None and workers > MAX_WORKERS:
+        raise UsageError(f"--workers must be <= {MAX_WORKERS}, got {workers}")
+    if not 0 <= bootstrap <= MAX_BOOTSTRAP:
+        raise UsageError(f"--bootstrap must be in [0, {MAX_BOOTSTRAP}], got {bootstrap}")
     if lfw_folds is not None and mode != "lfw":
         raise UsageError("--lfw-folds goes with --lfw")
     if align not in (None, "face", "none"):
@@ -492,23 +498,23 @@ def build_parser() -> argparse.ArgumentParser:
                     "submission for a pairs folder, or evaluate on labelled pairs / LFW.",
         epilog="Exit codes: two images: 0 same person, 1 not the same person, 2 error; other modes: 0 done, "
                "2 error; 130 interrupted.")
-    p.add_argument("image_a", nargs="?", metavar="IMG_A", help="first image of a pair to compare")
-    p.add_argument("image_b", nargs="?", metavar="IMG_B", help="second image of a pair to compare")
-    p.add_argument("--pairs", metavar="DIR", help="pairs folder in the Kryptonite test_public layout: "
+    p.add_argument("image_a", nargs="?", type=_path, metavar="IMG_A", help="first image of a pair to compare")
+    p.add_argument("image_b", nargs="?", type=_path, metavar="IMG_B", help="second image of a pair to compare")
+    p.add_argument("--pairs", metavar="DIR", type=_path, help="pairs folder in the Kryptonite test_public layout: "
                    "DIR/images/<8-digit pair_id>/0.jpg and 1.jpg")
-    p.add_argument("--out", metavar="FILE", help="with --pairs: write the submission CSV (pair_id,similarity, "
+    p.add_argument("--out", metavar="FILE", type=_path, help="with --pairs: write the submission CSV (pair_id,similarity, "
                    "sorted by pair id) to FILE, atomically")
-    p.add_argument("--labels", metavar="CSV", help="with --pairs: labels (pair_id,label[,type,attack]) to evaluate "
+    p.add_argument("--labels", metavar="CSV", type=_path, help="with --pairs: labels (pair_id,label[,type,attack]) to evaluate "
                    "against; DIR/pairs.csv is used when present")
-    p.add_argument("--lfw", metavar="DIR", help="evaluate on LFW: folder of identity folders (lfw-deepfunneled)")
-    p.add_argument("--lfw-pairs", metavar="FILE", help="with --lfw: the LFW View 2 pairs.txt")
+    p.add_argument("--lfw", metavar="DIR", type=_path, help="evaluate on LFW: folder of identity folders (lfw-deepfunneled)")
+    p.add_argument("--lfw-pairs", metavar="FILE", type=_path, help="with --lfw: the LFW View 2 pairs.txt")
     p.add_argument("--lfw-folds", metavar="K[,K]", help="with --lfw: score only these folds (1-10, 1 = the "
                    "first 600 pairs), e.g. the folds held out of training; 10-fold accuracy needs >= 2 folds")
-    p.add_argument("--report", metavar="DIR", help="evaluations: write metrics.json, metrics.md, roc.png, det.png "
+    p.add_argument("--report", metavar="DIR", type=_path, help="evaluations: write metrics.json, metrics.md, roc.png, det.png "
                    "and scores.png into DIR")
     p.add_argument("--json", dest="json_output", action="store_true",
                    help="print one JSON object instead of text (errors too, as {\"error\": ...})")
-    p.add_argument("--model", metavar="PATH", help="model folder from `python -m convert`, an .onnx file, or a "
+    p.add_argument("--model", metavar="PATH", type=_path, help="model folder from `python -m convert`, an .onnx file, or a "
                    "TensorRT .plan with its .plan.json sidecar (default: the model bundled in the package)")
     p.add_argument("--backend", default="auto", choices=("auto", *BACKENDS),
                    help="inference backend; auto = TensorRT when a plan, TensorRT and a GPU are present, else "
@@ -528,7 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="image decoding threads (default: up to 4, one per core)")
     p.add_argument("--strict", action="store_true", help="stop at the first unusable image instead of "
                    "reporting it and scoring the rest")
-    p.add_argument("--cache", metavar="DIR", help="keep embeddings in DIR (embeddings.npy + index.json per model) "
+    p.add_argument("--cache", metavar="DIR", type=_path, help="keep embeddings in DIR (embeddings.npy + index.json per model) "
                    "so a re-run does not embed the same files again")
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="evaluations: bootstrap resamples for "
                    "the EER's 95%% confidence interval, 0 = none (default: %(default)s)")
@@ -541,6 +547,13 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         raise UsageError(f"{message} (see --help)")
+
+
+def _path(text: str) -> str:
+    """A path argument; an empty one would become '.' (then reported as 'is a directory')."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path names no file")
+    return text
 
 
 def main(argv=None) -> int:

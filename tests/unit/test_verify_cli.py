@@ -146,6 +146,10 @@ def test_no_threshold_anywhere_is_an_error_after_printing_the_similarity(capsys,
     (["a.jpg", "b.jpg", "--threshold", "nan"], "finite"),
     (["--pairs", "x", "--batch-size", "0"], "--batch-size must be >= 1"),
     (["--pairs", "x", "--lfw-folds", "1"], "--lfw-folds goes with --lfw"),
+    (["", "b.jpg"], "argument IMG_A: an empty path names no file"),  # was: '.: is a directory'
+    (["a.jpg", "b.jpg", "--model", ""], "argument --model: an empty path names no file"),
+    (["--pairs", "x", "--workers", "100000"], "--workers must be <= 64, got 100000"),  # 3 GB in 25 s before
+    (["--lfw", "x", "--lfw-pairs", "y", "--bootstrap", "100000000"], "--bootstrap must be in [0, 100000]"),
 ])
 def test_bad_flag_combinations(capsys, argv, message):
     code, _, err = run(capsys, *argv)
