@@ -400,9 +400,9 @@ def main(argv=None) -> int:
     except UsageError as exc:
         print(f"python -m bench: error: {printable(exc)}", file=sys.stderr)
         return 2
-    except RuntimeError as exc:
+    except RuntimeError as exc:  # a backend that failed mid-run: exit 2, as every command's errors
         print(f"python -m bench: error: {printable(exc)}", file=sys.stderr)
-        return 1
+        return 2
     print(rep.markdown_report(report))
     return 0
 

@@ -852,7 +852,7 @@ def main(argv: list[str] | None = None) -> int:
             line += f"; written to {args.out}"
     except DataError as exc:
         print(f"error: {printable(exc)}", file=sys.stderr)
-        return 1
+        return 2  # as every other command: 1 is reserved for "not the same person"
     print(line)
     return 0
 

@@ -614,9 +614,9 @@ def main(argv: list[str] | None = None) -> int:
     except PrepareError as exc:  # refused arguments or output folder, before any work
         print(f"error: {printable(exc)}", file=sys.stderr)
         return 2
-    except DataError as exc:
+    except DataError as exc:  # a bad image or list found during the work: still exit 2, as every command
         print(f"error: {printable(exc)}", file=sys.stderr)
-        return 1
+        return 2
     except KeyboardInterrupt:
         print("interrupted; nothing written", file=sys.stderr)
         return 130

@@ -338,10 +338,10 @@ def test_cli_counts_and_errors(tmp_path, capsys):
     assert main(["kryptonite-train", str(root), "--check-images"]) == 0
     assert "2 images, 1 identities, 1 fake" in capsys.readouterr().out
     (root / "train" / "images" / "000000" / "1.jpg").write_bytes(b"")
-    assert main(["kryptonite-train", str(root), "--check-images"]) == 1
+    assert main(["kryptonite-train", str(root), "--check-images"]) == 2
     assert "1.jpg: empty file" in capsys.readouterr().err
     (root / "train" / "meta.json").write_text("[]")
-    assert main(["kryptonite-train", str(root)]) == 1
+    assert main(["kryptonite-train", str(root)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "meta.json" in err and len(err.strip().splitlines()) == 1
 
@@ -469,7 +469,7 @@ def test_kryptonite_val_cli_writes_a_pair_folder_training_validates_on(tmp_path,
     assert all(b.path_a.read_bytes() == p.path_a.read_bytes() and b.path_b.read_bytes() == p.path_b.read_bytes()
                for b, p in zip(back, built))
     assert not [p for p in root.iterdir() if ".partial-" in p.name]
-    assert main(["kryptonite-val", str(root / "val.csv"), "--root", str(root), "--out", str(out)]) == 1
+    assert main(["kryptonite-val", str(root / "val.csv"), "--root", str(root), "--out", str(out)]) == 2
     assert "not empty; pass --force" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["kryptonite-val", "--help"])
@@ -580,7 +580,7 @@ def test_deep_or_huge_json_is_one_line_naming_the_file(tmp_path, kind, which, ca
     message = str(info.value)
     assert message.startswith(str(target)) and "\n" not in message and len(message) < 300
     if which == "meta.json":
-        assert main(["kryptonite-train", str(root)]) == 1
+        assert main(["kryptonite-train", str(root)]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"error: {target}") and len(err.strip().splitlines()) == 1
 

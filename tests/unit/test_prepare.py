@@ -167,7 +167,7 @@ def test_bad_source_image_fails_cleanly(small_faces, tmp_path, capsys, kind):
     else:
         bad.write_bytes(_huge_png_header())
     out = tmp_path / "out"
-    assert prep.main(["--source", str(small_faces), "--out", str(out), *CLI_SMALL]) == 1
+    assert prep.main(["--source", str(small_faces), "--out", str(out), *CLI_SMALL]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "person_05_0004.jpg" in err and len(err.splitlines()) == 1
     assert not out.exists()

@@ -345,7 +345,7 @@ def test_datasets_check_images_applies_the_same_rules(tmp_path, capsys):
     assert main(["identity-folders", str(tmp_path / "faces"), "--check-images"]) == 0
     bomb = tmp_path / "faces" / "ann" / "2.jpg"
     bomb.write_bytes(HUGE["hdr"])  # a Radiance HDR renamed .jpg
-    assert main(["identity-folders", str(tmp_path / "faces"), "--check-images"]) == 1
+    assert main(["identity-folders", str(tmp_path / "faces"), "--check-images"]) == 2
     assert f"{bomb}: image header says 16000x16000, over the" in capsys.readouterr().err
 
 
