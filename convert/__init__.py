@@ -27,6 +27,7 @@ from pathlib import Path
 from convert.gate import DEFAULT_MIN_COSINE, DEFAULT_MIN_REALNESS_AGREEMENT
 
 DEFAULT_PRECISIONS = ("fp32", "fp16")
+TOOL = "convert"  # the output marker's name: --force replaces only model folders convert wrote
 # Raw export vs simplified graph: the same arithmetic, so only float rounding may differ.
 SIMPLIFY_MIN_COSINE = 0.99999
 EXPORT_MIN_COSINE = 0.9999
@@ -107,6 +108,12 @@ def convert_checkpoint(checkpoint, out, *, precision=DEFAULT_PRECISIONS, engine:
         raise ConversionError("--calib-manifest needs --calib-root: the data root its paths are relative to")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise ConversionError(f"{out}: already exists and is not empty; pass --force to replace it")
+    from engine.files import FileRefused, check_replaceable
+
+    try:  # --force replaces an earlier model folder of convert's only, never one holding an input
+        check_replaceable(out, TOOL, [p for p in (checkpoint, calib_manifest, val_pairs) if p])
+    except FileRefused as exc:
+        raise ConversionError(str(exc)) from None
     engine_options = dict(engine_options or {})
     if engine:
         from convert.tensorrt_build import check_build_environment
@@ -287,6 +294,9 @@ def convert_checkpoint(checkpoint, out, *, precision=DEFAULT_PRECISIONS, engine:
         report["seconds"] = round(time.perf_counter() - started, 2)
         _write_model_json(config, work, precisions, report, threshold, threshold_source, checkpoint)
         gate.write_report(report, work)
+        from engine.files import mark_output
+
+        mark_output(work, TOOL)
         _replace_dir(work, out)
     finally:
         if work.exists():

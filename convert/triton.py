@@ -55,7 +55,17 @@ import sys
 import tempfile
 from pathlib import Path
 
-from engine.files import printable
+from engine.files import FileRefused, check_replaceable, printable
+
+TOOL = "convert.triton"
+
+
+def _is_repository(folder: Path) -> bool:
+    """What this command writes: only model folders (embedder, detector) with a config.pbtxt each.
+    Recognised by its shape, not a marker file: Triton reads every entry of a repository."""
+    entries = list(folder.iterdir())
+    return bool(entries) and all(e.name in ("embedder", "detector") and (e / "config.pbtxt").is_file()
+                                 for e in entries)
 
 DEFAULT_ONNX_MAX_BATCH = 64
 DEFAULT_QUEUE_DELAY_US = 2000
@@ -159,6 +169,10 @@ def write_repository(model=None, out=None, *, precision: str | None = None, max_
         raise RepositoryError(f"{src.path}: no {precision} ONNX file (has: {', '.join(sorted(src.onnx))})")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise RepositoryError(f"{out}: already exists and is not empty; pass --force to replace it")
+    try:  # --force replaces an earlier repository of this command's only, never one holding the model
+        check_replaceable(out, TOOL, [src.path], own=_is_repository)
+    except FileRefused as exc:
+        raise RepositoryError(str(exc)) from None
     out.parent.mkdir(parents=True, exist_ok=True)
     group = "KIND_GPU" if kind == "gpu" else "KIND_CPU"
     size, dim = config.input_size, config.embedding_dim

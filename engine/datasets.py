@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.files import FileRefused, check_regular, read_regular, printable
+from engine.files import FileRefused, check_regular, check_replaceable, mark_output, printable, read_regular
 
 # Pair types, as written by ``training.prepare`` into pairs.csv.
 GENUINE = "genuine"            # two real images of the same person (label 1)
@@ -517,14 +517,19 @@ def read_pair_folder(folder: str | os.PathLike, labels_csv: str | os.PathLike | 
     return pairs
 
 
-def write_pair_folder(pairs: list[Pair], out: str | os.PathLike, force: bool = False) -> Path:
+PAIR_FOLDER_TOOL = "engine.datasets pair folder"
+
+
+def write_pair_folder(pairs: list[Pair], out: str | os.PathLike, force: bool = False, inputs=()) -> Path:
     """Write ``pairs`` as a labelled pair folder: ``out/images/<pair_id>/{0,1}.jpg`` + ``pairs.csv``.
 
     Images are hard-linked where the file system allows (no extra space),
     copied otherwise; ``sources.csv`` says which file each came from. Built in
     the hidden sibling ``.<out>.partial-<pid>`` and renamed into place, so a
     killed run leaves nothing that looks complete (the next run removes such
-    orphans). A non-empty ``out`` needs ``force``.
+    orphans). A non-empty ``out`` needs ``force``, and even then only an
+    earlier pair folder is replaced, never a folder holding the pairs' images
+    or the other ``inputs`` (:func:`engine.files.check_replaceable`).
     """
     out = Path(out)
     if not pairs:
@@ -533,6 +538,10 @@ def write_pair_folder(pairs: list[Pair], out: str | os.PathLike, force: bool = F
         raise DataError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise DataError(f"{out}: not empty; pass --force to replace it")
+    try:
+        check_replaceable(out, PAIR_FOLDER_TOOL, [*inputs, *{p for pair in pairs for p in (pair.path_a, pair.path_b)}])
+    except FileRefused as exc:
+        raise DataError(str(exc)) from None
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_orphans(out.parent, re.compile(re.escape(f".{out.name}.partial-") + r"(?P<pid>[0-9]+)"))
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
@@ -557,6 +566,7 @@ def write_pair_folder(pairs: list[Pair], out: str | os.PathLike, force: bool = F
             writer.writerow(header)
             writer.writerows(body)
             (tmp / name).write_text(buf.getvalue())
+        mark_output(tmp, PAIR_FOLDER_TOOL)
         if out.exists():
             shutil.rmtree(out)
         os.rename(tmp, out)
@@ -824,12 +834,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("root", help="folder of identity folders")
     p.add_argument("--marker", help="JSON {relpath: 0|1} or CSV path,is_fake marking fakes")
     args = parser.parse_args(argv)
+    inputs: list = []
     try:
         if args.format == "kryptonite-train":
             items = read_kryptonite_train(args.root)
         elif args.format == "split-csv":
             items = read_split_csv(args.path, args.root)
         elif args.format == "kryptonite-val":
+            inputs = [args.val_csv, args.meta or Path(args.root) / "train" / "meta.json"]
+            if args.out:  # before any reading: never over a folder holding what this job reads
+                out = Path(args.out)
+                if out.is_dir() and any(out.iterdir()) and not args.force:
+                    raise DataError(f"{out}: not empty; pass --force to replace it")
+                try:
+                    check_replaceable(out, PAIR_FOLDER_TOOL, inputs)
+                except FileRefused as exc:
+                    raise DataError(str(exc)) from None
             items = read_kryptonite_val(args.val_csv, args.root, args.meta, args.seed)
         elif args.format == "pair-folder":
             items = read_pair_folder(args.folder, args.labels_csv)
@@ -848,7 +868,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.check_images or args.check_faces:
             line += _check_images(list(dict.fromkeys(paths)), args.check_faces)
         if getattr(args, "out", None):
-            write_pair_folder(items, args.out, args.force)
+            write_pair_folder(items, args.out, args.force, inputs)
             line += f"; written to {args.out}"
     except DataError as exc:
         print(f"error: {printable(exc)}", file=sys.stderr)

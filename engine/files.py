@@ -139,3 +139,51 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+# A tool's output folder carries this file, naming the tool; --force replaces nothing else.
+OUTPUT_MARKER = ".fakeaware-output"
+
+
+def mark_output(folder: str | os.PathLike, tool: str) -> None:
+    """Name ``tool`` as the writer of ``folder`` (call on the folder being built, before it is renamed into place)."""
+    (Path(folder) / OUTPUT_MARKER).write_text(tool + "\n")
+
+
+def check_replaceable(out: str | os.PathLike, tool: str, inputs=(), own=None) -> None:
+    """Refuse (:class:`FileRefused`) to replace ``out`` unless it is absent, an empty folder, or an
+    earlier output of ``tool`` (its marker file); and whatever it is, if it is the current folder or
+    above it, or holds any of ``inputs`` (files or folders the job reads).
+
+    ``--force`` once deleted the data set a command was reading (``--out DATA`` beside ``DATA/val.csv``)
+    and a user's unrelated files: it may only ever replace what this tool wrote. ``own(folder)``, if
+    given, recognises the tool's output by its shape instead of the marker (where a marker file
+    would be read by another program, as Triton reads every entry of a repository).
+    """
+    out = Path(out)
+    out_abs = out.resolve()
+    cwd = Path.cwd().resolve()
+    if out_abs == cwd or out_abs in cwd.parents:
+        raise FileRefused(f"{out}: is the current directory or one of its parents ({out_abs}); choose a new folder")
+    for item in inputs:
+        item_abs = Path(item).resolve()
+        if item_abs == out_abs or out_abs in item_abs.parents:
+            raise FileRefused(f"{out}: holds an input of this job ({item}); choose another output folder")
+    if not out.exists() and not out.is_symlink():
+        return
+    if out.is_symlink() or not out.is_dir():
+        raise FileRefused(f"{out}: exists and is not a folder")
+    if not any(out.iterdir()):
+        return
+    if own is not None:
+        written_by = tool if own(out) else None
+    else:
+        marker = out / OUTPUT_MARKER
+        try:
+            written_by = marker.read_text().strip() if marker.is_file() and not marker.is_symlink() else None
+        except OSError:
+            written_by = None
+    if written_by != tool:
+        made = f"was written by {written_by}" if written_by else "was not written by this tool"
+        raise FileRefused(f"{out}: not empty and {made}; --force only replaces an earlier output of {tool}. "
+                          f"Choose a new folder, or delete it yourself")

@@ -50,12 +50,15 @@ import numpy as np
 from engine.datasets import (FAKE_OF_OTHER, FAKE_OF_SAME, GENUINE, IMPOSTOR, PAIR_TYPES, DataError,
                              read_identity_folders, read_lfw_pairs, remove_orphans)
 from training.attacks import ATTACKS, FACE_SWAP, MORPH, SELF_BLEND
-from engine.files import printable
+from engine.files import FileRefused, check_replaceable, mark_output, printable
 
 DEFAULT_VAL_PAIRS = (2000, 2000, 1000, 300)
 DEFAULT_TEST_PAIRS = (3000, 3000, 1500, 500)
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 MAX_SIZE = 4096  # --size: larger than any face crop needs; 100000 would ask for 30 GB per image
+
+
+TOOL = "training.prepare"  # the output marker's name: --force replaces only folders it wrote
 
 
 class PrepareError(RuntimeError):
@@ -404,6 +407,10 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, seed: int = 0, fa
         raise PrepareError(f"{out}: exists and is not a folder")
     if _is_nonempty_dir(out) and not force:
         raise PrepareError(f"{out}: not empty; pass --force to replace it")
+    try:  # --force replaces an earlier prepared set only, never a folder holding an input
+        check_replaceable(out, TOOL, [p for p in (source, exclude_lfw_pairs) if p is not None])
+    except FileRefused as exc:
+        raise PrepareError(str(exc)) from None
 
     samples = read_identity_folders(source)
     all_images: dict[str, list[str]] = {}
@@ -508,6 +515,7 @@ def prepare(source: str | os.PathLike, out: str | os.PathLike, seed: int = 0, fa
         if align == "face":
             summary["unaligned"] = len(renderer.unaligned)  # photos with no face found, kept as they are
         _write_json(tmp / "summary.json", summary)
+        mark_output(tmp, TOOL)
         if _is_nonempty_dir(out) and not force:
             raise PrepareError(f"{out}: became non-empty while preparing; pass --force to replace it")
         old = None

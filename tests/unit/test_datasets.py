@@ -477,6 +477,34 @@ def test_kryptonite_val_cli_writes_a_pair_folder_training_validates_on(tmp_path,
     assert "--out DATA/val" in text and "training.train data_dir=DATA" in text
 
 
+@pytest.mark.parametrize("where", ["root", "train", "parent", "cwd"])
+def test_force_never_replaces_a_folder_holding_the_data_it_reads(tmp_path, capsys, monkeypatch, where):
+    """`--out DATA --force` (beside DATA/val.csv) deleted the data set, and a user's own file with it."""
+    root = _organiser_data(tmp_path / "data")
+    (root / "notes.txt").write_text("mine")
+    before = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
+    monkeypatch.chdir(root if where == "cwd" else tmp_path)
+    out = {"root": root, "train": root / "train", "parent": tmp_path, "cwd": Path(".")}[where]
+    code = main(["kryptonite-val", str(root / "val.csv"), "--root", str(root), "--out", str(out), "--force"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "holds an input" in err or "current directory" in err
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == before
+
+
+def test_force_replaces_only_an_earlier_pair_folder(tmp_path, capsys):
+    root = _organiser_data(tmp_path / "data")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    argv = ["kryptonite-val", str(root / "val.csv"), "--root", str(root), "--force", "--out"]
+    assert main(argv + [str(mine)]) == 2
+    assert "was not written by this tool" in capsys.readouterr().err and (mine / "thesis.tex").exists()
+    out = tmp_path / "val"
+    assert main(argv + [str(out)]) == 0 and main(argv + [str(out)]) == 0  # its own output: replaced
+    assert (out / ".fakeaware-output").read_text().strip() == "engine.datasets pair folder"
+
+
 @pytest.mark.parametrize("edit,message", [
     (lambda root: (root / "val.csv").write_text((root / "val.csv").read_text().replace(",True,False", ",,")),
      "no row has is_query set"),

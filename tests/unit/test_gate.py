@@ -119,7 +119,7 @@ def converted(setup):
 def test_output_folder_is_the_runtime_unit(converted, setup):
     out, report = converted
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["model.fp16.onnx", "model.fp32.onnx", "model.int8.onnx", "model.json",
+    assert names == [".fakeaware-output", "model.fp16.onnx", "model.fp32.onnx", "model.int8.onnx", "model.json",
                      "report.json", "report.md"]
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temporary leftovers
     cfg = ModelConfig.load(out / "model.json")
@@ -254,10 +254,14 @@ def test_cli_without_pairs_carries_the_threshold_and_force_replaces(setup, tmp_p
     argv = ["--checkpoint", str(setup / "run"), "--out", str(out), "--precision", "fp16", "--quiet"]
     assert main(argv) == 2
     assert "--force" in capsys.readouterr().err and (out / "stale.txt").exists()
-    assert main(argv + ["--force"]) == 0
+    assert main(argv + ["--force"]) == 2  # a folder convert did not write is never replaced
+    assert "was not written by this tool" in capsys.readouterr().err and (out / "stale.txt").exists()
+    (out / "stale.txt").unlink()
+    assert main(argv) == 0 and main(argv + ["--force"]) == 0  # its own output: replaced
     printed = capsys.readouterr().out
     assert "| fp16 |" in printed and "| fp32 |" in printed and "threshold 0.250000 (carried from" in printed
-    assert sorted(p.name for p in out.iterdir()) == ["model.fp16.onnx", "model.json", "report.json", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == [".fakeaware-output", "model.fp16.onnx", "model.json",
+                                                      "report.json", "report.md"]
     assert [p.name for p in tmp_path.iterdir()] == ["m"]  # old folder and temporaries gone
     cfg = ModelConfig.load(out / "model.json")
     assert cfg.threshold == CONFIG.threshold and cfg.extra["precisions"] == ["fp16"]

@@ -49,7 +49,7 @@ def _split_identities(out: Path) -> dict[str, set[str]]:
 def test_round_trip_layout_and_counts(small_faces, tmp_path):
     out = tmp_path / "out"
     summary = prep.prepare(small_faces, out, **SMALL)
-    assert sorted(p.name for p in out.iterdir()) == ["summary.json", "test", "train", "val"]
+    assert sorted(p.name for p in out.iterdir()) == [".fakeaware-output", "summary.json", "test", "train", "val"]
     assert json.loads((out / "summary.json").read_text()) == {k: v for k, v in summary.items() if k != "seconds"}
 
     samples = read_kryptonite_train(out)
@@ -181,8 +181,13 @@ def test_refuses_non_empty_out_without_force(small_faces, tmp_path, capsys):
     assert prep.main(["--source", str(small_faces), "--out", str(out), *CLI_SMALL]) == 2  # refused up front
     assert "not empty" in capsys.readouterr().err
     assert _files(out) == {"keep.txt": b"precious"}
+    # --force replaces only a folder training.prepare wrote: never a user's own
+    assert prep.main(["--source", str(small_faces), "--out", str(out), "--force", *CLI_SMALL]) == 2
+    assert "was not written by this tool" in capsys.readouterr().err and _files(out) == {"keep.txt": b"precious"}
+    (out / "keep.txt").unlink()
+    assert prep.main(["--source", str(small_faces), "--out", str(out), *CLI_SMALL]) == 0
     assert prep.main(["--source", str(small_faces), "--out", str(out), "--force", *CLI_SMALL]) == 0
-    assert not (out / "keep.txt").exists() and (out / "summary.json").is_file()
+    assert (out / "summary.json").is_file() and (out / ".fakeaware-output").read_text() == "training.prepare\n"
     assert "train:" in capsys.readouterr().out
     assert _leftovers(tmp_path) == []
     empty = tmp_path / "empty"

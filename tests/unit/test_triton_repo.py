@@ -95,6 +95,11 @@ def test_refusals_are_one_line_and_leave_nothing(tmp_path, capsys):
     assert "no fp32 ONNX file" in capsys.readouterr().err and not (tmp_path / "other").exists()
     assert main(["--out", str(repo), "--force", "--no-detector", "--max-batch", "16"]) == 0
     assert sorted(p.name for p in repo.iterdir()) == ["embedder"] and before
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    assert main(["--out", str(mine), "--force"]) == 2  # --force replaces only a repository it wrote
+    assert "was not written by this tool" in capsys.readouterr().err and (mine / "notes.txt").exists()
     assert parse(repo / "embedder" / "config.pbtxt").max_batch_size == 16
     assert preferred_batch_sizes(1) == [1] and preferred_batch_sizes(100) == [4, 8, 16, 32, 64, 100]
 
