@@ -35,8 +35,8 @@ from engine.contract import ContractError, ModelConfig
 from engine.preprocess import Preprocessor
 from engine.files import printable
 
-DEFAULT_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
-DEFAULT_SCALES = (0.25, 0.5, 1.0, 2.0)
+DEFAULT_WEIGHTS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+DEFAULT_SCALES = (0.5, 1.0, 2.0, 4.0)
 DEFAULT_BIASES = ()
 DEFAULT_REAL_KEPT = (0.9, 0.95, 0.98, 0.99, 0.995)
 DEFAULT_FMR = 0.001
@@ -57,8 +57,8 @@ def embed_parts(model, pairset, batch_size: int = 128, progress: bool = False):
     return torch.cat(identity), torch.cat(logit)
 
 
-def read_sources(folder: str | Path) -> dict[str, tuple[tuple[str, bool], tuple[str, bool]]]:
-    """``sources.csv`` of a ``training.prepare`` pair folder: pair id -> ((identity, real), (identity, real))
+def read_sources(folder: str | Path) -> dict[str, tuple[tuple[str, bool, str], tuple[str, bool, str]]]:
+    """``sources.csv`` of a ``training.prepare`` pair folder: pair id -> ((identity, real, source), ...)
     for its two images; a fake's source names its attack (``morph:...``)."""
     import csv
 
@@ -66,7 +66,8 @@ def read_sources(folder: str | Path) -> dict[str, tuple[tuple[str, bool], tuple[
     out = {}
     with open(path, newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
-            out[row["pair_id"]] = tuple((row[f"identity_{k}"], ":" not in row[f"source_{k}"]) for k in (0, 1))
+            out[row["pair_id"]] = tuple((row[f"identity_{k}"], ":" not in row[f"source_{k}"], row[f"source_{k}"])
+                                        for k in (0, 1))
     return out
 
 
@@ -81,24 +82,29 @@ def dfdc_pairs(root: str | Path, val_share: float) -> list:
 
 
 def image_truth(pairset, sources: dict | None) -> tuple[np.ndarray, np.ndarray]:
-    """Per image of ``pairset``: (is real, identity name or "" where unknown).
+    """Per image of ``pairset``: (is real, identity name or "").
 
     LFW-derived pairs take both from ``sources``; a DFDC pair's first image is
-    the real face (its own identity), its second the fake.
+    the real face, its second the fake. The identity is given once per source
+    photo (a pair folder holds a copy of a photo for every pair it is in), so
+    the impostor pairs of :func:`threshold_at_fmr` count each photo once.
     """
     real = np.zeros(len(pairset.images), bool)
     identity = np.full(len(pairset.images), "", object)
+    seen: set[str] = set()
     for pair, a, b in zip(pairset.pairs, pairset.a, pairset.b):
         if pair.attack == "dfdc":
-            real[a], identity[a] = True, ""  # one photo per DFDC identity: no impostor pairs from it
+            real[a] = True  # one photo per DFDC identity: no impostor pairs from it
             continue
         if sources is None or pair.pair_id not in sources:
             if pair.type in ("genuine", "impostor"):
                 real[a] = real[b] = True
             continue
-        (id_a, real_a), (id_b, real_b) = sources[pair.pair_id]
-        real[a], real[b] = real_a, real_b
-        identity[a], identity[b] = (id_a if real_a else ""), (id_b if real_b else "")
+        for index, (name, is_real, source) in zip((a, b), sources[pair.pair_id]):
+            real[index] = is_real
+            if is_real and source not in seen:
+                seen.add(source)
+                identity[index] = name
     return real, identity
 
 

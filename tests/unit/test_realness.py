@@ -148,6 +148,7 @@ def test_cli_sets_the_threshold_at_a_false_match_rate_with_real_deepfakes(datase
     assert "dfdc" in result["by_attack"]
     point = result["fmr_point"]
     assert point["identities"] == 12 and point["fmr"] <= 0.1  # 6 p* (genuine/impostor/fake rows) + 6 q*
+    assert point["images"] == 18  # each source photo once, though every pair folder holds its own copy
     config = ModelConfig.load(target / "model.json")
     assert config.threshold == result["threshold"] == point["threshold"]
     assert "FMR <= 0.1" in config.extra["threshold_rule"] and "FMR <= 0.1" in printed
