@@ -96,7 +96,7 @@ def main(argv=None) -> int:
             min_cosine=args.min_cosine or None, min_realness_agree=args.min_realness_agree or None, gate_images=args.gate_images, engine_options=engine_kwargs(args),
             force=args.force, quiet=args.quiet, verbose=args.verbose)
     except GateError as exc:
-        print(f"error: {printable(exc)}\nnothing was written to {args.out}", file=sys.stderr)
+        print(f"error: {printable(exc, newlines=True)}\nnothing was written to {printable(args.out)}", file=sys.stderr)
         return 3
     except (ConversionError, ContractError, DataError, ImageError, CalibrationError, ExportError, SimplifyError,
             PrecisionError, TensorRTUnavailable, EngineBuildError, ValueError) as exc:

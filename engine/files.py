@@ -23,11 +23,14 @@ _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
 _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
-def printable(text) -> str:
+def printable(text, newlines: bool = False) -> str:
     """``text`` with every character a terminal would act on written as an escape (``\\x1b``,
-    ``\\u202e``): a file name like ``"\\x1b[2J OK same person.jpg"`` must not repaint an error line."""
+    ``\\u202e``): a file name like ``"\\x1b[2J OK same person.jpg"`` must not repaint an error line.
+    ``newlines`` keeps line breaks, for messages made of several lines (a gate's table)."""
     def escape(m):
         code = ord(m.group())
+        if newlines and m.group() == "\n":
+            return "\n"
         return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
     return _UNPRINTABLE.sub(escape, str(text))

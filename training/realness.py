@@ -11,7 +11,8 @@ real (coordinate 0, similarity untouched): ``--real-kept 0.99`` puts it where
 weight and fakes of the same person pass; too much, or a bias that
 doubts real faces, and real photos lose their genuine matches. Every image
 is embedded once, then each candidate costs one metrics pass; the
-candidate with the lowest overall EER wins. ``--realness-data`` adds real
+candidate with the lowest overall EER wins among those that cost real-vs-real
+pairs at most ``--max-identity-cost`` of EER. ``--realness-data`` adds real
 deepfakes: each held-out DFDC fake against the real face it was made from
 (split by source video as in training).
 
@@ -40,6 +41,7 @@ DEFAULT_SCALES = (0.5, 1.0, 2.0, 4.0)
 DEFAULT_BIASES = ()
 DEFAULT_REAL_KEPT = (0.9, 0.95, 0.98, 0.99, 0.995)
 DEFAULT_FMR = 0.001
+DEFAULT_MAX_IDENTITY_COST = 0.005
 
 
 @torch.no_grad()
@@ -164,13 +166,25 @@ def sweep(model, pairset, weights=DEFAULT_WEIGHTS, scales=DEFAULT_SCALES, biases
     return rows
 
 
-def best_row(rows: list[dict]) -> dict:
+def best_row(rows: list[dict], max_identity_cost: float | None = None) -> dict:
     """Lowest overall EER among weights > 0 (0 is the identity-only reference: a model
     without the head is another architecture); ties go to the smaller weight, then
-    the gentler scale, then the bias nearest 0."""
+    the gentler scale, then the bias nearest 0.
+
+    With ``max_identity_cost``, only candidates whose EER_real (genuine vs impostor
+    pairs) is within that much of the identity-only row's compete: realness must not
+    buy fake refusals with real-vs-real mistakes (real photos it doubts). If none is,
+    the one with the lowest EER_real wins.
+    """
     candidates = [r for r in rows if r["weight"] > 0]
     if not candidates:
         raise ValueError("no candidate weight > 0")
+    reference = next((r for r in rows if r["weight"] == 0), None)
+    if max_identity_cost is not None and reference is not None:
+        within = [r for r in candidates if r["eer_real"] <= reference["eer_real"] + max_identity_cost]
+        if not within:
+            return min(candidates, key=lambda r: (r["eer_real"], r["eer"], r["weight"], r["scale"]))
+        candidates = within
     return min(candidates, key=lambda r: (r["eer"], r["weight"], r["scale"], abs(r["bias"])))
 
 
@@ -199,6 +213,9 @@ def main(argv=None) -> int:
     parser.add_argument("--fmr", type=float, default=DEFAULT_FMR,
                         help="false match rate the threshold is set at, among cross-identity pairs of the "
                              "validation set's real photos (default %(default)s); 0 = the EER threshold")
+    parser.add_argument("--max-identity-cost", type=float, default=DEFAULT_MAX_IDENTITY_COST,
+                        help="only candidates whose genuine-vs-impostor EER is within this of the identity-only "
+                             "score's compete (default %(default)s; needs weight 0 in --weights)")
     parser.add_argument("--top", type=int, default=10, help="table rows to print, best first (default 10)")
     parser.add_argument("--json", default="", help="also write the table and the operating point here")
     parser.add_argument("--write", action="store_true", help="store the best coordinate and the threshold in "
@@ -245,7 +262,7 @@ def main(argv=None) -> int:
     except (ContractError, DataError, OSError, KeyError) as exc:
         print(f"error: {printable(exc)}", file=sys.stderr)
         return 2
-    best = best_row(rows)
+    best = best_row(rows, args.max_identity_cost)
     print(f"{len(pairset.pairs)} pairs from {args.pairs}" + (f" and {args.realness_data}" if args.realness_data
                                                               else ""))
     print("| weight | scale | bias | real kept | EER | EER_real | EER_fake | threshold |\n"

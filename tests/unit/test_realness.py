@@ -155,3 +155,13 @@ def test_cli_sets_the_threshold_at_a_false_match_rate_with_real_deepfakes(datase
     assert config.extra["eer_threshold"] == result["best"]["threshold"]
     assert main(["--run", str(target), "--pairs", str(dataset / "val"), "--quiet"]) == 2  # --fmr needs sources
     assert "sources.csv: no such file" in capsys.readouterr().err
+
+
+def test_best_row_can_hold_realness_to_an_identity_cost():
+    rows = [{"weight": 0.0, "scale": 0.5, "bias": 0.0, "eer": 0.3, "eer_real": 0.010},
+            {"weight": 4.0, "scale": 2.0, "bias": 0.0, "eer": 0.10, "eer_real": 0.030},  # best EER, costs 0.02
+            {"weight": 1.0, "scale": 1.0, "bias": 0.0, "eer": 0.15, "eer_real": 0.014},
+            {"weight": 2.0, "scale": 1.0, "bias": 0.0, "eer": 0.12, "eer_real": 0.0145}]
+    assert best_row(rows) is rows[1]
+    assert best_row(rows, 0.005) is rows[3]
+    assert best_row(rows, 0.001) is rows[2]  # none within: the cheapest for identity
