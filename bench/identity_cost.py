@@ -15,9 +15,7 @@ it buys. Pairs with an image where no face is found are left out of both::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 from engine.files import printable
 
@@ -92,8 +90,9 @@ def main(argv=None) -> int:
           f"(delta {delta:+.4f}); overall EER: shipped {out['shipped']['eer']:.4f}, identity only "
           f"{out['identity_only']['eer']:.4f}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+        from bench.report import write_result
+
+        write_result(args.json, out)
     return 0
 
 

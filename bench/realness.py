@@ -15,9 +15,7 @@ this is a lower bound of the realness head's own AUC)::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 from engine.files import printable
 
@@ -76,8 +74,9 @@ def main(argv=None) -> int:
           f"of {scored}; real faces looking fake {out['real_faces_looking_fake']:.4f}, fakes looking fake "
           f"{out['fake_faces_looking_fake']:.4f}; coordinate AUC {out['coordinate_auc']:.4f}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+        from bench.report import write_result
+
+        write_result(args.json, out)
     return 0
 
 

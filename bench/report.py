@@ -8,6 +8,7 @@ timed calls of all rounds.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -165,3 +166,11 @@ def markdown_report(report: dict) -> str:
     if kernels:
         parts += ["", "Kernels:", "", kernels]
     return "\n".join(parts) + "\n"
+
+
+def write_result(path, data) -> None:
+    """A measurement as JSON at ``path`` (folders made), atomically: a killed run leaves the previous numbers."""
+    from engine.contract import write_json_atomic
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, data)

@@ -285,8 +285,8 @@ def format_markdown(report: dict) -> str:
     lines.append("")
     lines.append(format_table(report))
     if report.get("threshold") is not None:
-        lines += ["", f"Decision threshold (cosine, fp32 EER point on the validation pairs): "
-                      f"{report['threshold']:.6f}"]
+        source = report.get("threshold_source") or "fp32 EER point on the validation pairs"
+        lines += ["", f"Decision threshold (cosine): {report['threshold']:.6f}, {source}"]
     failures = report.get("failures") or []
     lines += ["", "Result: " + ("PASS" if not failures else "FAIL")]
     lines += [f"- {f}" for f in failures]

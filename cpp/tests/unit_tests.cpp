@@ -257,9 +257,10 @@ void test_upright() {
 
 void test_model_json() {
     fv::ModelConfig c = fv::parse_model_config(model_json(), "model.json");
-    CHECK(c.align == "face" && c.template_name == "lfw-centre" && c.input_size == 112 && c.embedding_dim == 512);
+    // The bundled model: dlib_resnet29 on 150 px dlib chips, 128-d identity + the realness coordinate.
+    CHECK(c.align == "face" && c.template_name == "dlib-chip" && c.input_size == 150 && c.embedding_dim == 129);
     CHECK(c.has_threshold && c.threshold > 0.5 && c.threshold < 1);
-    CHECK_NEAR(c.template_pts[0][0], 37.8, 0);
+    CHECK_NEAR(c.template_pts[0][0], 34.4, 0);
 
     auto with = [](const std::string& kv) { return "{\"align\": \"face\", \"template\": \"arcface\", " + kv + "}"; };
     fv::ModelConfig d = fv::parse_model_config("{}", "m.json");  // dataclass defaults
@@ -489,12 +490,13 @@ void test_pipeline_errors() {
     const bool has_int8 = static_cast<bool>(std::ifstream(std::string(FV_DEFAULT_MODEL_DIR) + "/model.int8.onnx")) &&
                           fv::has_int8_dot() != 0;
     CHECK(std::string(fv_backend(h)) == "openvino" && std::string(fv_precision(h)) == (has_int8 ? "int8" : "fp16"));
-    CHECK(fv_embedding_dim(h) == 512 && fv_input_size(h) == 112);
+    const int dim = fv_embedding_dim(h), size = fv_input_size(h);
+    CHECK(dim == 129 && size == 150);
     cv::Mat noise(160, 160, CV_8UC3);
     cv::RNG(7).fill(noise, cv::RNG::UNIFORM, 0, 256);
     cv::imwrite(dir + "/noise.png", noise);
     write(dir + "/text.jpg", "not an image at all");
-    std::vector<float> out(2 * 512);
+    std::vector<float> out(2 * dim);
     const char* paths[2] = {nullptr, nullptr};
     std::string noise_path = dir + "/noise.png", text_path = dir + "/text.jpg";
     paths[0] = noise_path.c_str();
@@ -502,15 +504,15 @@ void test_pipeline_errors() {
     CHECK(fv_embed(h, paths, 2, out.data()) == -1);
     std::string msg = fv_last_error();
     CHECK(msg == noise_path + ": no face found; " + text_path + ": not a decodable image");
-    CHECK(std::isnan(out[0]) && std::isnan(out[512]));
+    CHECK(std::isnan(out[0]) && std::isnan(out[dim]));
     fv_result r{};
     CHECK(fv_verify(h, noise_path.c_str(), (dir + "/gone.jpg").c_str(), &r) == -1);
     CHECK(std::string(fv_last_error()).find(dir + "/gone.jpg: no such file") != std::string::npos);
     // Prepared inputs go straight to the model: unit-length embeddings.
-    std::vector<uint8_t> crops(2 * 112 * 112 * 3, 128);
+    std::vector<uint8_t> crops(2 * size * size * 3, 128);
     CHECK(fv_embed_crops(h, crops.data(), 2, out.data()) == 0);
     double norm = 0;
-    for (int k = 0; k < 512; ++k) norm += out[k] * out[k];
+    for (int k = 0; k < dim; ++k) norm += out[k] * out[k];
     CHECK_NEAR(norm, 1.0, 1e-3);
     fv_close(h);
 }
