@@ -36,7 +36,8 @@ def test_bundled_model_repository(tmp_path):
     types = model_config_pb2.DataType
     assert cfg.name == "embedder" and cfg.platform == "onnxruntime_onnx" and cfg.max_batch_size == 64
     (inp,), (out,) = cfg.input, cfg.output
-    assert (inp.name, inp.data_type, list(inp.dims)) == (config.input_name, types.TYPE_UINT8, [112, 112, 3])
+    size = config.input_size  # the bundled model's (150 for dlib_resnet29)
+    assert (inp.name, inp.data_type, list(inp.dims)) == (config.input_name, types.TYPE_UINT8, [size, size, 3])
     assert (out.name, out.data_type, list(out.dims)) == (config.output_name, types.TYPE_FP32, [config.embedding_dim])
     assert list(cfg.dynamic_batching.preferred_batch_size) == [4, 8, 16, 32, 64]
     assert cfg.dynamic_batching.max_queue_delay_microseconds == 2000
