@@ -46,7 +46,7 @@ def test_bundled_model_repository(tmp_path):
     params = {k: v.string_value for k, v in cfg.parameters.items()}
     assert float(params["threshold"]) == config.threshold
     contract = json.loads(params["contract"])
-    assert contract["input_size"] == 112 and contract["align"] == "face" and contract["template"] == config.template
+    assert contract["input_size"] == size and contract["align"] == "face" and contract["template"] == config.template
     assert params["precision"] == "fp16"  # ONNX Runtime's preference among the shipped files
     assert params["source_sha256"] == sha256(repo / "embedder" / "1" / "model.onnx") == \
         sha256(default_model_dir() / "model.fp16.onnx")
