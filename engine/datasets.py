@@ -157,7 +157,7 @@ def _is_file(path: Path) -> bool:
 MAX_TEXT_BYTES = 256 * 1024 * 1024
 
 
-def _read_text(path: Path, encoding: str = "utf-8") -> str:
+def read_text(path: Path, encoding: str = "utf-8") -> str:
     """The file's text, or a DataError naming it and saying why not (a FIFO or device is refused, not read)."""
     try:
         data = read_regular(path, MAX_TEXT_BYTES, "a text file")
@@ -180,7 +180,7 @@ def _read_json(path: Path):
     numbers over 4300 digits (and accepts NaN/Infinity, which JSON has not):
     all become "not valid JSON" here, never a traceback.
     """
-    text = _read_text(path)
+    text = read_text(path)
     try:
         return json.loads(text, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:
@@ -199,7 +199,7 @@ def _read_csv_rows(path: Path, required: tuple[str, ...],
     Cells are stripped of surrounding spaces except in the ``raw`` columns
     (pair ids: whitespace there is an error, not something to tidy away).
     """
-    text = _read_text(path, "utf-8-sig")
+    text = read_text(path, "utf-8-sig")
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader, None)
@@ -633,7 +633,7 @@ def read_lfw_pairs(lfw_root: str | os.PathLike, pairs_txt: str | os.PathLike) ->
     label 1/0 and type genuine/impostor; pair ids are 8-digit line indices.
     """
     pairs_txt = Path(pairs_txt)
-    lines = _read_text(pairs_txt, "utf-8-sig").splitlines()  # a BOM is what some editors write
+    lines = read_text(pairs_txt, "utf-8-sig").splitlines()  # a BOM is what some editors write
     if not lines:
         raise DataError(f"{pairs_txt}:1: empty file, expected the header '10\\t300'")
     head = lines[0].split()

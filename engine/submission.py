@@ -12,6 +12,7 @@ order (the organisers would score such a file wrongly).
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import stat
@@ -111,13 +112,10 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 def _rows(path: Path, required: tuple[str, ...], optional: tuple[str, ...] = ()):
     """Yield (line number, {column: text}) from a CSV with a header naming ``required`` columns."""
-    try:
-        f = open(path, newline="", encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a directory, expected a CSV file") from None
-    with f:
+    from engine.datasets import read_text
+
+    # Through the one reader of named files: a FIFO or /dev/zero is refused by what it is, not read forever.
+    with io.StringIO(read_text(path, "utf-8-sig"), newline="") as f:
         reader = csv.reader(f)
         try:
             header = next(reader, None)

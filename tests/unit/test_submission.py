@@ -254,3 +254,18 @@ def test_convert_output_folder_gets_the_umask_default_mode(tmp_path, umask_022, 
     assert out.stat().st_mode & 0o777 == 0o755
     assert sorted(p.name for p in out.iterdir()) == ["model.json"]
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo", "folder"])
+def test_cli_refuses_a_submission_that_is_not_a_file_instead_of_reading_forever(tmp_path, capsys, kind):
+    """/dev/zero was read until memory ran out and a FIFO hung: every named file goes through engine.files."""
+    import os
+
+    labels_csv = tmp_path / "labels.csv"
+    labels_csv.write_text("pair_id,label\n00000001,1\n")
+    target = {"device": "/dev/zero", "fifo": str(tmp_path / "fifo"), "folder": str(tmp_path)}[kind]
+    if kind == "fifo":
+        os.mkfifo(target)
+    assert submission.main(["--submission", target, "--labels", str(labels_csv)]) == 2
+    err = capsys.readouterr().err
+    assert {"device": "is a character device", "fifo": "is a FIFO", "folder": "is a directory"}[kind] in err
