@@ -428,7 +428,7 @@ def _pair_job(embedder, job, mode, out, report, thr, json_output, bootstrap) -> 
     for warning in res.warnings:
         _err(f"warning: {warning}")
     n_failed = int((~scored).sum())
-    if n_failed:
+    if n_failed and scored.any():  # with none scored the error below says it all: nothing is written
         _err(f"{n_failed} of {len(job)} pairs have an unusable image"
              + (f"; they get similarity {FAILED_PAIR_SCORE} in the submission" if out else "")
              + ("; left out of the evaluation" if job[0].label is not None else ""))

@@ -545,9 +545,10 @@ def test_nothing_is_written_when_no_pair_could_be_scored(capsys, model, tmp_path
     for extra in (("--report", report), ()):  # labelled, then unlabelled (a submission only)
         if not extra:
             (folder / "pairs.csv").unlink()
-        code, out, _ = run(capsys, "--pairs", folder, "--out", out_csv, *extra, "--model", model, "--json")
+        code, out, err = run(capsys, "--pairs", folder, "--out", out_csv, *extra, "--model", model, "--json")
         assert code == 2 and "no pair could be scored" in _strict_json(out)["error"]
         assert not out_csv.exists() and not report.exists()
+        assert "in the submission" not in err  # no line promising scores in a file that is not written
 
 
 def test_out_naming_an_input_image_is_refused_before_any_work(capsys, monkeypatch, model, tmp_path):
