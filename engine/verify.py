@@ -204,6 +204,12 @@ def _run(image_a, image_b, *, pairs, out, labels, lfw, lfw_pairs, lfw_folds, rep
         _err(f"backend {be.choice.backend} ({be.choice.precision}{'' if runs == be.precision else f', runs {runs}'}, "
              f"{be.device}): {be.choice.reason}; model {be.source.path}")
         thr = threshold if threshold is not None else be.config.threshold
+        if be.config.align == "face":  # once, here, not as every image's failure after the work starts
+            from engine.detect import detector_path
+
+            if not detector_path(be.config.detector).is_file():
+                raise VerificationError(f"{be.source.path}: model.json names the detector {be.config.detector!r}, "
+                                        f"which is not shipped (engine/models/detector/)")
         if warming is not None:
             warming.join()
         if pre is not None and (pre.size != be.input_size or pre.config.detector != be.config.detector):

@@ -649,3 +649,18 @@ def test_printable_escapes_only_what_a_terminal_acts_on():
 
     assert printable("naïve café 日本.jpg") == "naïve café 日本.jpg"
     assert printable("\x1b[0m\x00\x7f\u2028\u2066") == "\\x1b[0m\\x00\\x7f\\u2028\\u2066"
+
+
+def test_an_unknown_detector_in_model_json_is_one_error_before_any_image(capsys, model, pairs_dir, tmp_path):
+    """Was reported once per image, after the backend opened and the work began."""
+    import shutil
+
+    folder = tmp_path / "m"
+    shutil.copytree(model, folder)
+    config = json.loads((folder / "model.json").read_text())
+    config.update(align="face", template="arcface", detector="no_such_detector")
+    (folder / "model.json").write_text(json.dumps(config))
+    code, _, err = run(capsys, "--pairs", pairs_dir, "--model", folder)
+    errors = _error_lines(err)
+    assert code == 2 and len(errors) == 1 and "no_such_detector" in errors[0] and "not shipped" in errors[0]
+    assert "skipped image" not in err
