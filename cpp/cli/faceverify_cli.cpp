@@ -15,6 +15,8 @@
 #include <cstring>
 #include <fcntl.h>
 #include <fstream>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <string>
 #include <vector>
 
@@ -183,6 +185,61 @@ json describe(const fv_handle* h) {
             {"model", fv_model_dir(h)}};
 }
 
+// Output files, as the Python CLI writes them: checked before the work, never over an input, never through
+// a link (a planted symlink would send the bytes elsewhere), written whole or not at all.
+std::string parent_of(const std::string& path) {
+    auto slash = path.find_last_of('/');
+    return slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+}
+
+void check_output_file(const std::string& path, const char* flag, const std::vector<std::string>& inputs) {
+    struct stat st {};
+    if (lstat(path.c_str(), &st) == 0) {
+        if (S_ISLNK(st.st_mode)) throw UsageError{std::string(flag) + " " + path + ": is a symbolic link; name a plain file"};
+        if (!S_ISREG(st.st_mode)) throw UsageError{std::string(flag) + " " + path + ": exists and is not a plain file"};
+        for (const auto& in : inputs) {
+            struct stat si {};
+            if (stat(in.c_str(), &si) == 0 && si.st_dev == st.st_dev && si.st_ino == st.st_ino)
+                throw UsageError{std::string(flag) + " " + path + ": is an input image; it would be overwritten"};
+        }
+    }
+    if (access(parent_of(path).c_str(), W_OK) != 0)
+        throw UsageError{std::string(flag) + " " + path + ": its folder " + parent_of(path) +
+                         (errno == ENOENT ? " does not exist" : " is not writable")};
+}
+
+void check_output_dir(const std::string& dir) {
+    struct stat st {};
+    if (lstat(dir.c_str(), &st) == 0) {
+        if (S_ISLNK(st.st_mode)) throw UsageError{"--dump-crops " + dir + ": is a symbolic link; name a plain folder"};
+        if (!S_ISDIR(st.st_mode)) throw UsageError{"--dump-crops " + dir + ": exists and is not a folder"};
+        if (access(dir.c_str(), W_OK) != 0) throw UsageError{"--dump-crops " + dir + ": is not writable"};
+    } else if (access(parent_of(dir).c_str(), W_OK) != 0) {
+        throw UsageError{"--dump-crops " + dir + ": its folder " + parent_of(dir) +
+                         (errno == ENOENT ? " does not exist" : " is not writable")};
+    }
+}
+
+// Write `bytes` to a fresh temporary file beside `path` (O_EXCL | O_NOFOLLOW), then rename it over `path`:
+// rename replaces a link planted meanwhile instead of writing through it.
+bool write_atomic(const std::string& path, const std::string& bytes) {
+    std::string tmp = parent_of(path) + "/.faceverify-" + std::to_string(getpid()) + ".tmp";
+    int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (fd < 0) return false;
+    size_t done = 0;
+    while (done < bytes.size()) {
+        ssize_t n = write(fd, bytes.data() + done, bytes.size() - done);
+        if (n <= 0) break;
+        done += static_cast<size_t>(n);
+    }
+    bool ok = done == bytes.size() && close(fd) == 0;
+    if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
+        unlink(tmp.c_str());
+        return false;
+    }
+    return true;
+}
+
 void write_embeddings(const std::string& file, fv_handle* h, const std::vector<std::string>& images,
                       const std::vector<float>& emb) {
     const int dim = fv_embedding_dim(h);
@@ -199,16 +256,12 @@ void write_embeddings(const std::string& file, fv_handle* h, const std::vector<s
     json doc = describe(h);
     doc["dim"] = dim;
     doc["images"] = rows;
-    std::ofstream out(file);
-    out << text(doc) << "\n";
-    if (!out) throw std::runtime_error(file + ": cannot write the embeddings");
+    if (!write_atomic(file, text(doc) + "\n")) throw std::runtime_error(file + ": cannot write the embeddings");
 }
 
 bool write_ppm(const std::string& path, const std::vector<uint8_t>& rgb, int size) {
-    std::ofstream out(path, std::ios::binary);
-    out << "P6\n" << size << " " << size << "\n255\n";
-    out.write(reinterpret_cast<const char*>(rgb.data()), static_cast<std::streamsize>(rgb.size()));
-    return static_cast<bool>(out);
+    std::string header = "P6\n" + std::to_string(size) + " " + std::to_string(size) + "\n255\n";
+    return write_atomic(path, header + std::string(rgb.begin(), rgb.end()));
 }
 
 int two_images(fv_handle* h, const Args& a) {
@@ -270,6 +323,7 @@ int embed_many(fv_handle* h, const Args& a) {
     for (int i = 0; i < n; ++i) failed += std::isfinite(emb[static_cast<size_t>(i) * dim]) ? 0 : 1;
     if (!a.dump_embeddings.empty()) write_embeddings(a.dump_embeddings, h, a.images, emb);
     if (!a.dump_crops.empty()) {
+        mkdir(a.dump_crops.c_str(), 0777);  // checked before the work; an existing folder is fine
         std::vector<uint8_t> crop(static_cast<size_t>(fv_input_size(h)) * fv_input_size(h) * 3);
         for (int i = 0; i < n; ++i)
             if (fv_prepare(h, paths[i], crop.data(), nullptr) == 0 &&
@@ -311,6 +365,12 @@ int main(int argc, char** argv) {
     if (a.version) {
         std::printf("%s\n", fv_build_info());
         return 0;
+    }
+    try {  // where results go is checked before the model opens or any image is read
+        if (!a.dump_embeddings.empty()) check_output_file(a.dump_embeddings, "--dump-embeddings", a.images);
+        if (!a.dump_crops.empty()) check_output_dir(a.dump_crops);
+    } catch (const UsageError& e) {
+        return fail(e.message, a.json_output);
     }
     // A decision that cannot be reported must not exit 0 or 1 (read as "same" / "not the same"): a closed
     // stdout is refused before the work, a failed write (a full disk, /dev/full) after it.

@@ -508,3 +508,29 @@ def test_file_names_cannot_repaint_the_error_line(cli, photos, tmp_path, name):
     done = run_cli(cli, missing, photos[0], check_rc=2)
     assert not any(ch in done.stderr for ch in "\x1b\u202e\x85")
     assert printable(str(missing)) in done.stderr
+
+
+def test_dump_outputs_never_overwrite_an_input_or_write_through_a_link(cli, photos, tmp_path):
+    """--dump-embeddings naming an input image overwrote the photo; a planted symlink was written through;
+    an unwritable target was found after the work. Now: refused before the work, atomic, never via a link."""
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(Path(photos[0]).read_bytes())
+    before = photo.read_bytes()
+    done = run_cli(cli, "--embed", photo, "--dump-embeddings", photo, check_rc=2)
+    assert "is an input image" in done.stderr and photo.read_bytes() == before
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    link = tmp_path / "emb.json"
+    link.symlink_to(victim)
+    done = run_cli(cli, "--embed", photo, "--dump-embeddings", link, check_rc=2)
+    assert "symbolic link" in done.stderr and victim.read_text() == "keep"
+    crops = tmp_path / "crops"
+    crops.symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    done = run_cli(cli, "--embed", photo, "--dump-crops", crops, check_rc=2)
+    assert "symbolic link" in done.stderr and not (tmp_path / "elsewhere").exists()
+    done = run_cli(cli, "--embed", photo, "--dump-embeddings", tmp_path / "no" / "such" / "e.json", check_rc=2)
+    assert "does not exist" in done.stderr and "backend" not in done.stderr  # refused before the model opened
+    out = tmp_path / "ok.json"
+    run_cli(cli, "--embed", photo, "--dump-embeddings", out, "--dump-crops", tmp_path / "c", check_rc=0)
+    assert json.loads(out.read_text())["images"][0]["embedding"] and (tmp_path / "c" / "0.ppm").is_file()
+    assert not list(tmp_path.glob(".faceverify-*"))  # no temporary left
