@@ -27,6 +27,9 @@ from engine.files import FileRefused, check_regular, read_regular
 DEFAULT_SIZE = 112
 MIN_SOURCE_SIDE = 8  # smaller than this carries no face: refuse rather than upsample noise
 MAX_PIXELS = 50_000_000  # checked from the header, before any pixel is decoded
+# ... and what the decoder will allocate for them: a 7000x7000 float64 TIFF is 49 Mpx but 1.2 GB (and
+# 2.6 GB with the conversions), from a 1.3 MB file. 200 MB = 50 Mpx of 8-bit RGBA.
+MAX_DECODED_BYTES = 200_000_000
 # Larger than any photo a verifier needs (a 50 Mpx JPEG is ~25 MB); checked before reading,
 # so a huge file is refused instead of filling memory (and OpenCV asserts past 2 GiB).
 MAX_FILE_BYTES = 256 * 1024 * 1024
@@ -164,6 +167,56 @@ def _tiff_size(data: bytes, source: str) -> tuple[int, int] | None:
     return tags[256], tags[257]
 
 
+def _tiff_bytes_per_pixel(data: bytes) -> int:
+    """Bytes per decoded pixel from the first IFD: SamplesPerPixel x the widest BitsPerSample (rounded up to
+    bytes); 8 (a wide guess) when the tags cannot be read, so a damaged header is not under-counted."""
+    order = "<" if data[:2] == b"II" else ">"
+    big = data[2:4] in (b"+\0", b"\0+")
+    try:
+        if big:
+            (ifd,) = struct.unpack_from(order + "Q", data, 8)
+            (count,) = struct.unpack_from(order + "Q", data, ifd)
+            first, step, entry, inline = ifd + 8, 20, order + "HHQ8s", 8
+        else:
+            (ifd,) = struct.unpack_from(order + "I", data, 4)
+            (count,) = struct.unpack_from(order + "H", data, ifd)
+            first, step, entry, inline = ifd + 2, 12, order + "HHI4s", 4
+        samples, bits = 1, 8
+        for k in range(min(count, 4096)):
+            tag, kind, n, raw = struct.unpack_from(entry, data, first + k * step)
+            if tag == 277 and kind == 3 and n >= 1:  # SamplesPerPixel (SHORT)
+                (samples,) = struct.unpack_from(order + "H", raw)
+            elif tag == 258 and kind == 3 and 1 <= n <= 64:  # BitsPerSample (SHORT per sample)
+                if 2 * n <= inline:
+                    values = struct.unpack_from(order + "H" * n, raw)
+                else:
+                    (offset,) = struct.unpack_from(order + ("Q" if big else "I"), raw)
+                    values = struct.unpack_from(order + "H" * n, data, offset)
+                bits = max(values)
+    except (struct.error, OverflowError):
+        return 8
+    return max(1, samples) * max(1, (bits + 7) // 8)
+
+
+def _bytes_per_pixel(data: bytes, fmt: str) -> int:
+    """What OpenCV allocates per pixel when it decodes ``data`` (before the conversion to 8-bit RGB)."""
+    if fmt == "TIFF":
+        return _tiff_bytes_per_pixel(data)
+    if fmt in ("HDR", "PFM"):
+        return 12  # float32 RGB
+    if fmt == "PAM":
+        fields = _pam_fields(data) or {}
+        depth, maxval = fields.get(b"DEPTH", b"4"), fields.get(b"MAXVAL", b"65535")
+        depth = int(depth) if depth.isdigit() and len(depth) <= 2 else 4
+        return max(1, depth) * (2 if not maxval.isdigit() or int(maxval) > 255 else 1)
+    if fmt == "PNG" and len(data) >= 26:
+        channels = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}.get(data[25], 4)
+        return channels * (2 if data[24] == 16 else 1)
+    if fmt in ("JPEG2000", "PPM"):
+        return 8  # up to 16 bits per sample
+    return 4  # 8-bit, up to 4 channels
+
+
 def _lines(data: bytes, limit: int = 128):
     """Lines as C's ``fgets`` with a ``limit`` buffer returns them (what OpenCV's RGBE reader sees), up to NUL."""
     pos, end = 0, min(len(data), MAX_TEXT_HEADER)
@@ -254,6 +307,10 @@ def decode(data: bytes, source: str = "<bytes>") -> np.ndarray:
         raise ImageError(f"{source}: image header says {w}x{h}, over the {MAX_PIXELS:,} pixel limit")
     if w <= 0 or h <= 0:
         raise ImageError(f"{source}: image header says {w}x{h}: no pixels")
+    per_pixel = _bytes_per_pixel(data, fmt)
+    if w * h * per_pixel > MAX_DECODED_BYTES:
+        raise ImageError(f"{source}: image header says {w}x{h} at {per_pixel} bytes per pixel, "
+                         f"{w * h * per_pixel / 1e6:,.0f} MB decoded, over the {MAX_DECODED_BYTES / 1e6:,.0f} MB limit")
     if _truncated_jpeg(data):
         raise ImageError(f"{source}: truncated JPEG (no end-of-image marker)")
     buf = np.frombuffer(data, dtype=np.uint8)

@@ -253,6 +253,30 @@ def test_tiff_with_huge_tiles_over_a_small_image_is_refused():
         decode(_tiff(10, 10, tile=16000), "tiles.tif")
 
 
+def _float64_rgb_tiff(w, h):
+    """A TIFF header: w x h, 3 samples of 64-bit floats (BitsPerSample stored at an offset, as real files do)."""
+    n = 9
+    bits_at = 8 + 2 + n * 12 + 4
+    tags = [(256, 4, 1, w), (257, 4, 1, h), (258, 3, 3, bits_at), (259, 3, 1, 1), (262, 3, 1, 2),
+            (273, 4, 1, bits_at + 6), (277, 3, 1, 3), (279, 4, 1, 64), (339, 3, 1, 3)]
+    ifd = struct.pack("<H", n) + b"".join(struct.pack("<HHII", *t) for t in tags) + b"\0" * 4
+    return b"II*\0" + struct.pack("<I", 8) + ifd + struct.pack("<3H", 64, 64, 64) + b"\0" * 64
+
+
+def test_decoded_bytes_are_bounded_not_only_pixels():
+    """7000x7000 float64 RGB is under the pixel limit (49 Mpx) but 1.2 GB decoded (2.6 GB with conversions)."""
+    with pytest.raises(ImageError, match=r"scan\.tif: image header says 7000x7000 at 24 bytes per pixel, "
+                                         r"1,176 MB decoded, over the 200 MB limit"):
+        decode(_float64_rgb_tiff(7000, 7000), "scan.tif")
+    from engine.preprocess import _bytes_per_pixel
+
+    assert _bytes_per_pixel(_float64_rgb_tiff(10, 10), "TIFF") == 24
+    assert _bytes_per_pixel(_tiff(10, 10), "TIFF") == 1
+    ok, png16 = cv2.imencode(".png", np.zeros((4, 4, 3), np.uint16))
+    assert _bytes_per_pixel(png16.tobytes(), "PNG") == 6
+    assert decode(cv2.imencode(".png", np.full((40, 60, 3), 9, np.uint8))[1].tobytes()).shape == (40, 60, 3)
+
+
 @pytest.mark.parametrize("data, fmt", [(b"\xff\xd8\xff\xe0garbage" * 4, "JPEG"), (b"II*\0\xff\xff\xff\xff", "TIFF"),
                                        (b"#?RADIANCE\nno format line\n", "HDR"), (b"PF\nwide tall\n-1\n", "PFM")])
 def test_header_whose_size_cannot_be_read_is_refused(data, fmt):
