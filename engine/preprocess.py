@@ -129,28 +129,35 @@ def _header_size(data: bytes, fmt: str, source: str) -> tuple[int, int]:
     return size
 
 
+def _tiff_entries(data: bytes):
+    """``(order, big, inline, entries)`` of the first IFD (the page OpenCV decodes): each entry
+    ``(tag, type, count, raw value field)``; ``inline`` is the value field's size. Raises
+    ``struct.error`` where an offset points past the data."""
+    order = "<" if data[:2] == b"II" else ">"
+    big = data[2:4] in (b"+\0", b"\0+")
+    if big:
+        (ifd,) = struct.unpack_from(order + "Q", data, 8)
+        (count,) = struct.unpack_from(order + "Q", data, ifd)
+        first, step, entry, inline = ifd + 8, 20, order + "HHQ8s", 8
+    else:
+        (ifd,) = struct.unpack_from(order + "I", data, 4)
+        (count,) = struct.unpack_from(order + "H", data, ifd)
+        first, step, entry, inline = ifd + 2, 12, order + "HHI4s", 4
+    if first + count * step > len(data):
+        raise struct.error("IFD past the end of the data")
+    return order, big, inline, [struct.unpack_from(entry, data, first + k * step) for k in range(count)]
+
+
 def _tiff_size(data: bytes, source: str) -> tuple[int, int] | None:
-    """Size from the first IFD (the page OpenCV decodes); tiles are checked too.
+    """Size from the first IFD; tiles are checked too.
 
     Duplicate tags count at their largest; a tile is allocated whole by
     OpenCV, so a small image with huge tiles is refused like a huge image.
     """
-    order = "<" if data[:2] == b"II" else ">"
-    big = data[2:4] in (b"+\0", b"\0+")
     try:
-        if big:
-            (ifd,) = struct.unpack_from(order + "Q", data, 8)
-            (count,) = struct.unpack_from(order + "Q", data, ifd)
-            first, step, entry = ifd + 8, 20, order + "HHQ8s"
-        else:
-            (ifd,) = struct.unpack_from(order + "I", data, 4)
-            (count,) = struct.unpack_from(order + "H", data, ifd)
-            first, step, entry = ifd + 2, 12, order + "HHI4s"
-        if first + count * step > len(data):
-            return None
+        order, _, _, entries = _tiff_entries(data)
         tags: dict[int, int] = {}
-        for k in range(count):
-            tag, kind, n, raw = struct.unpack_from(entry, data, first + k * step)
+        for tag, kind, n, raw in entries:
             if tag in (256, 257, 322, 323):  # ImageWidth, ImageLength, TileWidth, TileLength
                 fmt = {3: "H", 4: "I", 16: "Q"}.get(kind)
                 if fmt is None or n != 1:
@@ -170,20 +177,10 @@ def _tiff_size(data: bytes, source: str) -> tuple[int, int] | None:
 def _tiff_bytes_per_pixel(data: bytes) -> int:
     """Bytes per decoded pixel from the first IFD: SamplesPerPixel x the widest BitsPerSample (rounded up to
     bytes); 8 (a wide guess) when the tags cannot be read, so a damaged header is not under-counted."""
-    order = "<" if data[:2] == b"II" else ">"
-    big = data[2:4] in (b"+\0", b"\0+")
+    samples, bits = 1, 8
     try:
-        if big:
-            (ifd,) = struct.unpack_from(order + "Q", data, 8)
-            (count,) = struct.unpack_from(order + "Q", data, ifd)
-            first, step, entry, inline = ifd + 8, 20, order + "HHQ8s", 8
-        else:
-            (ifd,) = struct.unpack_from(order + "I", data, 4)
-            (count,) = struct.unpack_from(order + "H", data, ifd)
-            first, step, entry, inline = ifd + 2, 12, order + "HHI4s", 4
-        samples, bits = 1, 8
-        for k in range(min(count, 4096)):
-            tag, kind, n, raw = struct.unpack_from(entry, data, first + k * step)
+        order, big, inline, entries = _tiff_entries(data)
+        for tag, kind, n, raw in entries:
             if tag == 277 and kind == 3 and n >= 1:  # SamplesPerPixel (SHORT)
                 (samples,) = struct.unpack_from(order + "H", raw)
             elif tag == 258 and kind == 3 and 1 <= n <= 64:  # BitsPerSample (SHORT per sample)

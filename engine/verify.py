@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.files import printable
+
 EXIT_MATCH, EXIT_NO_MATCH, EXIT_ERROR = 0, 1, 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 FAILED_PAIR_SCORE = -1.0
@@ -66,8 +68,6 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _err(message: str) -> None:
-    from engine.files import printable
-
     print(f"engine.verify: {printable(message)}", file=sys.stderr)
 
 
