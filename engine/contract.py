@@ -124,7 +124,7 @@ class ModelConfig:
     template: str | list = "arcface"
     margin: float = 0.0
     # Faces whose eye-to-mouth span is below this many source pixels get a
-    # warning that the decision is unreliable (measured in the README).
+    # warning that the decision is unreliable (measured in docs/data.md).
     min_face: float = 16.0
     embedding_dim: int = 512
     # Weight of the realness coordinate: > 0 means the last of the embedding_dim
