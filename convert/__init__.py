@@ -309,7 +309,7 @@ def _write_model_json(config, work: Path, precisions, report: dict, threshold, t
                       checkpoint: Path) -> None:
     import dataclasses
 
-    from convert.tensorrt_build import sha256_file
+    from engine.integrity import sha256_file
 
     variants = report["variants"]
     extra = dict(config.extra)

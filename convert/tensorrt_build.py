@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import hashlib
 import json
 import os
 import re
@@ -33,6 +32,7 @@ from pathlib import Path
 
 from engine.contract import ContractError, ModelConfig, check_onnx, write_json_atomic
 from engine.files import printable
+from engine.integrity import sha256_file
 
 HARDWARE_COMPAT_LEVELS = ("none", "ampere_plus", "same_compute_capability")
 DEFAULT_OPT_LEVEL = 3
@@ -89,14 +89,6 @@ def cuda_version_string(version: int | None) -> str:
     if not version:
         return "unknown"
     return f"{int(version) // 1000}.{(int(version) % 1000) // 10}"
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def precision_from_name(path: str | os.PathLike) -> str:

@@ -47,7 +47,6 @@ traffic to each to fill its preferred batches.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -56,6 +55,7 @@ import tempfile
 from pathlib import Path
 
 from engine.files import FileRefused, check_replaceable, printable
+from engine.integrity import sha256_file
 
 TOOL = "convert.triton"
 
@@ -114,14 +114,6 @@ def model_config_text(*, name: str, platform: str, max_batch: int, inputs, outpu
     return "\n".join(lines) + "\n"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _contract(config) -> dict:
     keys = ("input_name", "output_name", "dtype", "layout", "colour", "input_size", "embedding_dim", "align",
             "detector", "template", "margin", "crop_fraction", "min_face", "realness_weight", "realness_scale",
@@ -133,7 +125,7 @@ def _contract(config) -> dict:
 def _embedder_parameters(config, precision: str, source: Path, extra: dict | None = None) -> dict[str, str]:
     params = {"threshold": "" if config.threshold is None else repr(float(config.threshold)),
               "precision": precision, "contract": json.dumps(_contract(config), separators=(",", ":"), ensure_ascii=False),
-              "source": source.name, "source_sha256": _sha256(source)}
+              "source": source.name, "source_sha256": sha256_file(source)}
     params.update(extra or {})
     return params
 
@@ -215,7 +207,7 @@ def write_repository(model=None, out=None, *, precision: str | None = None, max_
             add("detector", "onnxruntime_onnx", det, "model.onnx", onnx_batch,
                 [(DETECTOR_INPUT, "TYPE_UINT8", [det_size, det_size, 3])],
                 [(DETECTOR_OUTPUT, "TYPE_FP32", [det_width])],
-                {"detector": config.detector, "source_sha256": _sha256(det), "values_per_anchor": str(VALUES),
+                {"detector": config.detector, "source_sha256": sha256_file(det), "values_per_anchor": str(VALUES),
                  "input": f"RGB letterboxed to {det_size} px (engine.detect.letterbox)",
                  "postprocess": "score >= 0.5 and weighted NMS at IoU 0.3 on the client (engine.detect.FaceDetector)"})
         _replace_dir(work, out)

@@ -27,28 +27,19 @@ def cache_dir(name: str) -> Path | None:
     return folder if os.access(folder, os.W_OK) else None
 
 
-def file_key(path: Path, extra=None) -> str:
-    """A hex digest of the file's resolved path, size and modification time (and ``extra``):
-    it changes when the file is replaced."""
+def remembered(name: str, digest: str, extra, compute, keys: tuple[str, ...] = ()) -> dict:
+    """``compute()`` (a JSON-able dict about a file), remembered across processes.
+
+    Keyed by the file's content digest (``engine.integrity.file_digest``)
+    plus ``extra``, never by its path or mtime, so a changed file is looked
+    at again however it was replaced; a damaged entry (or one without every
+    key in ``keys``) is recomputed. For answers that take a look through the
+    file (its graph, its canaries) but are fixed for its bytes.
+    """
     import hashlib
     import json
 
-    st = Path(path).stat()
-    return hashlib.sha256(json.dumps([str(Path(path).resolve()), st.st_size, st.st_mtime_ns, extra],
-                                     default=str).encode()).hexdigest()
-
-
-def remembered(name: str, path: Path, extra, compute, keys: tuple[str, ...] = ()) -> dict:
-    """``compute()`` (a JSON-able dict about the file ``path``), remembered across processes.
-
-    Keyed by the file's resolved path, size and modification time plus
-    ``extra``, so a changed file is looked at again; a damaged entry (or one
-    without every key in ``keys``) is recomputed. For answers that take a
-    look through the file (its graph, its canaries) but are fixed for it.
-    """
-    import json
-
-    key = file_key(path, extra)
+    key = hashlib.sha256(json.dumps([digest, extra], default=str).encode()).hexdigest()
     folder = cache_dir(name)
     entry = folder / f"{key}.json" if folder else None
     if entry is not None and entry.is_file():

@@ -314,7 +314,10 @@ def open_detector(name: str = DEFAULT_DETECTOR, backend: str = "auto", threads: 
     if not path.is_file():
         raise BackendError(f"{path}: detector {name!r} not found (shipped: "
                            f"{', '.join(sorted(p.stem for p in DETECTOR_DIR.glob('*.onnx'))) or 'none'})")
-    size, dim = _io_shape(path)
+    from engine.integrity import verified_detector
+
+    digest = verified_detector(path, name)  # a changed detector would crop anything as a "face"
+    size, dim = _io_shape(path, digest)
     if backend == "auto":
         backend = "onnxruntime"
     if backend == "tensorrt":
@@ -326,18 +329,19 @@ def open_detector(name: str = DEFAULT_DETECTOR, backend: str = "auto", threads: 
         from engine.backends.openvino_backend import OpenVinoBackend
 
         runner = OpenVinoBackend(path, input_size=size, embedding_dim=dim, precision="fp32", max_batch=max_batch,
-                                 threads=threads, input_name="images", output_name="detections")
+                                 threads=threads, input_name="images", output_name="detections", digest=digest)
     elif backend == "onnxruntime":
         from engine.backends.onnxruntime_backend import OnnxRuntimeBackend
 
         runner = OnnxRuntimeBackend(path, input_size=size, embedding_dim=dim, precision="fp32", device="cpu",
-                                    max_batch=max_batch, threads=threads, input_name="images", output_name="detections")
+                                    max_batch=max_batch, threads=threads, input_name="images", output_name="detections",
+                                    digest=digest)
     else:
         raise BackendError(f"detector backend {backend!r}: use auto, openvino, onnxruntime or tensorrt")
     return FaceDetector(runner, name=name, **kwargs)
 
 
-def _io_shape(path: Path) -> tuple[int, int]:
+def _io_shape(path: Path, digest: str | None = None) -> tuple[int, int]:
     """(input size, flat output width) read from the ONNX graph (remembered across processes)."""
     from engine.cachedir import remembered
 
@@ -347,5 +351,7 @@ def _io_shape(path: Path) -> tuple[int, int]:
         g = onnx_graph.read(path)
         return {"size": g.inputs[0].dims[1], "dim": g.outputs[0].dims[1]}
 
-    info = remembered("onnx-shapes", path, None, read, ("size", "dim"))
+    from engine.integrity import file_digest
+
+    info = remembered("onnx-shapes", digest or file_digest(path), None, read, ("size", "dim"))
     return int(info["size"]), int(info["dim"])

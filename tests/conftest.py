@@ -115,3 +115,57 @@ def make_identity_folders(root: Path, identities: int, images: int, size: int = 
 def small_faces(tmp_path) -> Path:
     """12 identities x 3 images at 64x64: enough for identity-disjoint train/val/test splits."""
     return make_identity_folders(tmp_path / "faces", 12, 3)
+
+
+TAMPERS = ("byte-flipped", "unrecorded-file", "canaries-negated", "conv-zeroed-digest-updated",
+           "canaries-of-another-generator", "canaries-malformed")
+
+
+def tampered_model(dst: Path, kind: str) -> Path:
+    """A copy of the bundled model folder changed as an attacker or an accident would (``TAMPERS``).
+
+    Every kind must be refused before any decision, by the Python runtime and the C++ runner alike.
+    """
+    import json
+    import os
+    import shutil
+
+    from engine.integrity import sha256_file
+
+    shutil.copytree(REPO / "engine" / "models", dst, ignore=shutil.ignore_patterns("detector", "*.md", "*.csv"))
+    onnx_file, config_file = dst / "model.fp16.onnx", dst / "model.json"
+    config = json.loads(config_file.read_text())
+    canary = config["extra"]["canary"]
+    if kind == "byte-flipped":  # same size, mtime put back: only the content says it changed
+        st = onnx_file.stat()
+        data = bytearray(onnx_file.read_bytes())
+        data[len(data) // 2] ^= 0x5A
+        onnx_file.write_bytes(bytes(data))
+        os.utime(onnx_file, ns=(st.st_atime_ns, st.st_mtime_ns))
+    elif kind == "unrecorded-file":  # a file convert did not write, chosen before the recorded one
+        shutil.copy(onnx_file, dst / "model.fp32.onnx")
+    elif kind == "canaries-negated":
+        canary["fp32"] = [[-v for v in row] for row in canary["fp32"]]
+    elif kind == "conv-zeroed-digest-updated":  # the digest cannot tell; the canaries must
+        import onnx
+        from onnx import numpy_helper
+
+        model = onnx.load(onnx_file)
+        weights = {i.name: i for i in model.graph.initializer}
+        producer = {out: node for node in model.graph.node for out in node.output}
+        conv = [n for n in model.graph.node if n.op_type == "Conv"][5]
+        name = conv.input[1]
+        while name not in weights and name in producer:  # through the FP16 -> FP32 Cast
+            name = producer[name].input[0]
+        array = numpy_helper.to_array(weights[name])
+        weights[name].CopyFrom(numpy_helper.from_array(np.zeros_like(array), name))
+        onnx.save(model, onnx_file)
+        config["extra"]["onnx_sha256"]["fp16"] = sha256_file(onnx_file)
+    elif kind == "canaries-of-another-generator":
+        canary.pop("generator")
+    elif kind == "canaries-malformed":
+        canary["count"] = canary["count"] + 1
+    else:
+        raise ValueError(kind)
+    config_file.write_text(json.dumps(config))
+    return dst

@@ -181,8 +181,11 @@ std::vector<std::string> lines(const std::string& text) {
 }
 
 json describe(const fv_handle* h) {
-    return {{"backend", fv_backend(h)}, {"precision", fv_precision(h)}, {"device", fv_device(h)},
-            {"model", fv_model_dir(h)}};
+    json out = {{"backend", fv_backend(h)}, {"precision", fv_precision(h)}, {"device", fv_device(h)},
+                {"model", fv_model_dir(h)}};
+    double canary = fv_canary_cosine(h);  // as engine.verify's --json: the check the folder passed
+    if (std::isfinite(canary)) out["canary_cosine"] = std::round(canary * 1e6) / 1e6;
+    return out;
 }
 
 // Output files, as the Python CLI writes them: checked before the work, never over an input, never through

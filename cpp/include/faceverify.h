@@ -67,6 +67,9 @@ FV_API const char* fv_precision(const fv_handle* handle); /* the file that runs:
 FV_API const char* fv_device(const fv_handle* handle);    /* "cpu" | "cuda:0" */
 FV_API const char* fv_model_dir(const fv_handle* handle);
 FV_API const char* fv_choice_reason(const fv_handle* handle); /* why this backend and precision */
+/* The worst cosine of the model's canary embeddings to the FP32 ones model.json stores (>= 0.98, or
+ * fv_open refuses the folder); NaN when the folder records no canaries. */
+FV_API double fv_canary_cosine(const fv_handle* handle);
 /* 1 and *threshold set when model.json has a decision threshold, else 0. */
 FV_API int fv_threshold(const fv_handle* handle, double* threshold);
 

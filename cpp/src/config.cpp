@@ -2,6 +2,7 @@
 // check (engine/backends/tensorrt_backend.py), parsed with nlohmann/json
 // (Debian's header-only nlohmann-json3-dev). Same keys, same rules, so a
 // model folder the Python runtime refuses is refused here too.
+#include <cctype>
 #include <cmath>
 #include <fstream>
 #include <set>
@@ -122,6 +123,69 @@ Points4 named_template(const std::string& name) {
     throw Error("unknown template '" + name + "'; known: arcface, lfw-centre, dlib-chip");
 }
 
+namespace {
+
+std::string lower(std::string text) {
+    for (auto& ch : text) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    return text;
+}
+
+// What the runtime checks from extra (engine/integrity.py recorded_digests, engine/canary.py record_problem).
+void parse_extra(const json& extra, ModelConfig& c) {
+    if (extra.contains("onnx_sha256") && extra["onnx_sha256"].is_object()) {
+        c.has_digests = true;
+        json files = extra.contains("files") && extra["files"].is_object() ? extra["files"] : json::object();
+        for (auto it = extra["onnx_sha256"].begin(); it != extra["onnx_sha256"].end(); ++it) {
+            std::string name = files.contains(it.key()) && files[it.key()].is_string()
+                                   ? files[it.key()].get<std::string>() : "model." + it.key() + ".onnx";
+            c.digests[name] = it->is_string() ? lower(it->get<std::string>()) : it->dump();
+        }
+    }
+    if (!extra.contains("canary") || extra["canary"].is_null() ||
+        (extra["canary"].is_object() && extra["canary"].empty()))
+        return;
+    const json& r = extra["canary"];
+    c.canary.present = true;
+    const std::string malformed =
+        "its canary record is malformed (generator, seed, count and count x dim FP32 embeddings)";
+    if (!r.is_object()) {
+        c.canary.problem = malformed;
+        return;
+    }
+    json generator = r.contains("generator") ? r["generator"] : json(1);
+    if (generator != CANARY_GENERATOR) {
+        c.canary.problem = "its canary record was drawn by another generator (" + generator.dump() +
+                           ", this runtime draws " + std::to_string(CANARY_GENERATOR) +
+                           "); make the folder again with `python -m convert`";
+        return;
+    }
+    bool ok = r.contains("seed") && r["seed"].is_number_integer() && r.contains("count") &&
+              r["count"].is_number_integer() && r.contains("fp32") && r["fp32"].is_array();
+    if (ok) {
+        long long seed = r["seed"].is_number_unsigned() && r["seed"].get<unsigned long long>() >= (1ULL << 63)
+                             ? -1 : r["seed"].get<long long>();
+        long long count = r["count"].get<long long>();
+        ok = seed >= 0 && count == static_cast<long long>(r["fp32"].size()) && count > 0;
+        size_t dim = ok ? (r["fp32"][0].is_array() ? r["fp32"][0].size() : 0) : 0;
+        ok = ok && dim > 0;
+        for (size_t i = 0; ok && i < r["fp32"].size(); ++i) {
+            const json& row = r["fp32"][i];
+            ok = row.is_array() && row.size() == dim;
+            std::vector<double> values;
+            for (size_t k = 0; ok && k < dim; ++k) {
+                ok = row[k].is_number() && std::isfinite(row[k].get<double>());
+                if (ok) values.push_back(row[k].get<double>());
+            }
+            c.canary.fp32.push_back(std::move(values));
+        }
+        c.canary.seed = static_cast<uint64_t>(seed);
+        c.canary.count = static_cast<int>(std::min<long long>(count, 1 << 20));
+    }
+    if (!ok) c.canary.problem = malformed;
+}
+
+}  // namespace
+
 ModelConfig parse_model_config(const std::string& body, const std::string& source) {
     json data = parse_json(body, source);
     if (!data.is_object()) throw Error(source + ": expected a JSON object, got " + data.type_name());
@@ -203,8 +267,9 @@ ModelConfig parse_model_config(const std::string& body, const std::string& sourc
             c.threshold = number("threshold", thr, &minus_one, &one);
             c.has_threshold = true;
         }
-        if (!get("extra", json::object()).is_object())
-            throw Error("extra must be a JSON object, got " + show(get("extra", nullptr)));
+        json extra = get("extra", json::object());
+        if (!extra.is_object()) throw Error("extra must be a JSON object, got " + show(extra));
+        parse_extra(extra, c);
     } catch (const Error& e) {
         throw Error(source + ": " + e.what());
     }
@@ -363,6 +428,13 @@ int sidecar_dla_core(const std::string& sidecar_json) {
     if (!sidecar.is_object()) return -1;
     json core = flag(sidecar, "dla_core");
     return core.is_number_integer() ? core.get<int>() : -1;
+}
+
+std::string sidecar_plan_sha256(const std::string& sidecar_json) {
+    json sidecar = json::parse(sidecar_json, nullptr, false);
+    if (!sidecar.is_object() || !sidecar.contains("plan_sha256") || sidecar["plan_sha256"].is_null()) return "";
+    const json& v = sidecar["plan_sha256"];
+    return v.is_string() ? lower(v.get<std::string>()) : v.dump();
 }
 
 std::string read_sidecar(const std::string& plan_path) {

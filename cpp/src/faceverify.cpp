@@ -80,6 +80,9 @@ struct fv_handle {
     std::vector<fv_face> faces;  // of the last fv_embed
     std::vector<bool> ok;
     std::string warnings;
+    double canary_cos = std::numeric_limits<double>::quiet_NaN();  // NaN: the folder records no canaries
+    bool explicit_precision = false;
+    std::vector<std::string> available_;  // files of the chosen backend (for the canary fallback)
 
     fv_handle(const char* dir, const char* backend_arg, const char* precision_arg) {
         model_dir = dir && *dir ? dir : FV_DEFAULT_MODEL_DIR;
@@ -98,6 +101,7 @@ struct fv_handle {
             throw fv::Error(model_dir + ": not a model folder (no model.json); expected the output of "
                             "`python -m convert`");
         config = fv::load_model_config(model_dir + "/model.json");
+        explicit_precision = !want_precision.empty();
         choose(want_backend, want_precision);
         open_runners();
     }
@@ -137,6 +141,7 @@ struct fv_handle {
             }
         }
         const auto& available = backend == "tensorrt" ? plans : onnx;
+        available_ = available;
         const char* what = backend == "tensorrt" ? "plan" : "ONNX file";
         static const char* const tensorrt_order[] = {"int8", "fp16", "fp32"};
         static const char* const openvino_order[] = {"int8", "fp32", "fp16"};  // INT8 Q/DQ on VNNI/AMX kernels
@@ -169,23 +174,63 @@ struct fv_handle {
     }
 
     void open_runners() {
+        open_embedder();
+        check_canaries();
+        if (config.align == "face") open_detector();
+    }
+
+    std::string embedder_file() const {
+        return backend == "tensorrt" ? file(precision, ".plan") : file(precision == "bf16" ? "fp32" : precision, ".onnx");
+    }
+
+    void open_embedder() {
         const auto& c = config;
+        const std::string source = embedder_file();
         if (backend == "tensorrt") {
-            embedder = fv::open_tensorrt(file(precision, ".plan"), c.input_name, c.output_name, 0);
-        } else {
-            std::string onnx = file(precision == "bf16" ? "fp32" : precision, ".onnx");
-            embedder = fv::open_openvino(onnx, c.input_name, c.output_name, precision, 0, CPU_MAX_BATCH);
+            embedder = fv::open_tensorrt(source, c.input_name, c.output_name, 0);
+        } else {  // the bytes whose digest model.json records are the bytes OpenVINO compiles
+            embedder = fv::open_openvino(source, fv::verified_model(source, c), c.input_name, c.output_name, precision,
+                                         0, CPU_MAX_BATCH);
         }
         device = embedder->device();
-        const std::string source = backend == "tensorrt" ? file(precision, ".plan")
-                                                         : file(precision == "bf16" ? "fp32" : precision, ".onnx");
         if (embedder->input_size() != c.input_size)
             throw fv::Error(source + ": input size " + std::to_string(embedder->input_size()) + ", model.json says " +
                             std::to_string(c.input_size));
         if (embedder->output_dim() != c.embedding_dim)
             throw fv::Error(source + ": embedding dim " + std::to_string(embedder->output_dim()) +
                             ", model.json says " + std::to_string(c.embedding_dim));
-        if (c.align == "face") open_detector();
+    }
+
+    // engine.backends.open_backend: does this precision, on this CPU/GPU, agree with the FP32
+    // embeddings convert stored? An automatic choice falls back to the next precision; an
+    // explicit one is refused. Embedding the 8 canaries costs one batch at open.
+    void check_canaries() {
+        if (!config.canary.present) return;
+        if (!config.canary.problem.empty()) throw fv::Error(model_dir + ": model.json: " + config.canary.problem);
+        std::string tried;
+        while (true) {
+            canary_cos = fv::canary_cosine(*embedder, config.canary, config.input_size);
+            if (canary_cos >= fv::CANARY_MIN_COSINE) {
+                if (!tried.empty()) reason += "; " + tried + "; using " + precision;
+                return;
+            }
+            char cos[32];
+            std::snprintf(cos, sizeof cos, "%.4f", canary_cos);
+            const std::string failed = backend + " " + precision + " disagrees with FP32 on this machine (canary cosine " +
+                                       cos + " < 0.98)";
+            tried += (tried.empty() ? "" : "; ") + failed;
+            embedder.reset();
+            if (explicit_precision) throw fv::Error(model_dir + ": " + failed + "; choose another --precision");
+            const auto& order = backend == "tensorrt" ? std::vector<std::string>{"int8", "fp16", "fp32"}
+                                                      : std::vector<std::string>{"int8", "fp32", "fp16"};
+            auto at = std::find(order.begin(), order.end(), precision);
+            std::string next;
+            for (auto it = at == order.end() ? order.end() : at + 1; it != order.end() && next.empty(); ++it)
+                if (std::find(available_.begin(), available_.end(), *it) != available_.end()) next = *it;
+            if (next.empty()) throw fv::Error(model_dir + ": " + tried + "; no other precision to fall back to");
+            precision = next;
+            open_embedder();
+        }
     }
 
     // The detector file: <model_dir>/detector/<name>.onnx when the folder has one,
@@ -200,11 +245,12 @@ struct fv_handle {
         if (backend == "tensorrt" && is_file(plan)) {
             detectors.push_back(fv::open_tensorrt(plan, "images", "detections", 0));  // one: the GPU serialises
         } else if (fv::openvino_built()) {
+            const std::string bytes = fv::verified_detector(path, name);  // a changed detector could crop anything
             // As engine.embedder: up to 4 threads decode and detect, each with its own
             // single-threaded detector (a 2.2 MB network on one 192 px image gains
             // nothing from more threads: 184 vs 152 img/s prepared, measured on 2 cores).
             for (int k = 0, n = std::min(4, fv::cpu_cores()); k < n; ++k)
-                detectors.push_back(fv::open_openvino(path, "images", "detections", "fp32", 1, 1));
+                detectors.push_back(fv::open_openvino(path, bytes, "images", "detections", "fp32", 1, 1));
         } else {
             throw fv::Error(plan + ": no detector plan and no OpenVINO in this build; build it with "
                             "`python -m convert.tensorrt_build --onnx " + path + "`");
@@ -408,6 +454,7 @@ const char* fv_precision(const fv_handle* h) { return h ? h->precision.c_str() :
 const char* fv_device(const fv_handle* h) { return h ? h->device.c_str() : ""; }
 const char* fv_model_dir(const fv_handle* h) { return h ? h->model_dir.c_str() : ""; }
 const char* fv_choice_reason(const fv_handle* h) { return h ? h->reason.c_str() : ""; }
+double fv_canary_cosine(const fv_handle* h) { return h ? h->canary_cos : std::numeric_limits<double>::quiet_NaN(); }
 
 int fv_threshold(const fv_handle* h, double* threshold) {
     if (!h || !h->config.has_threshold) return 0;

@@ -6,6 +6,7 @@
 
 #include <array>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -26,6 +27,17 @@ struct NoFace : Error {
 
 // ------------------------------------------------------------- model.json (engine/contract.py)
 
+// extra.canary of model.json (engine/canary.py canary_record): how to draw the images, their FP32 embeddings.
+struct Canary {
+    bool present = false;
+    std::string problem;  // why it cannot be checked (engine.canary.record_problem); "" when it can
+    uint64_t seed = 0;
+    int count = 0;
+    std::vector<std::vector<double>> fp32;
+};
+constexpr int CANARY_GENERATOR = 2;
+constexpr double CANARY_MIN_COSINE = 0.98;
+
 struct ModelConfig {
     int input_size = 112;
     double crop_fraction = 1.0;
@@ -40,6 +52,9 @@ struct ModelConfig {
     std::string output_name = "embeddings";
     bool has_threshold = false;
     double threshold = 0.0;
+    bool has_digests = false;                    // extra.onnx_sha256 present (a folder convert made)
+    std::map<std::string, std::string> digests;  // file name -> lower-case hex SHA-256
+    Canary canary;
 };
 
 // Parse and check model.json text as engine.contract.ModelConfig does (unknown
@@ -48,6 +63,17 @@ ModelConfig parse_model_config(const std::string& text, const std::string& sourc
 ModelConfig load_model_config(const std::string& path);
 // The named templates of engine/align.py (TEMPLATES); throws for an unknown name.
 std::array<std::array<double, 2>, 4> named_template(const std::string& name);
+
+// ------------------------------------------------------------- integrity (engine/integrity.py)
+
+std::string sha256_hex(const std::string& bytes);
+std::string read_model_file(const std::string& path);  // whole file, up to 2 GiB
+// The file's bytes, refused (Error, engine.integrity's words) unless model.json records their digest.
+std::string verified_model(const std::string& path, const ModelConfig& config);
+// The shipped detector's bytes, refused unless they are the release's.
+std::string verified_detector(const std::string& path, const std::string& name);
+// Refuse plan bytes whose digest is not the sidecar's plan_sha256 ("" = none recorded).
+void verify_plan(const std::string& path, const std::string& bytes, const std::string& plan_sha256);
 
 // ------------------------------------------------------------- TensorRT plan sidecar (tensorrt_backend.py)
 
@@ -64,6 +90,8 @@ void check_plan_sidecar(const std::string& sidecar_json, const RunningTensorRT& 
 std::string read_sidecar(const std::string& plan_path);
 // The sidecar's build_flags.dla_core (or top-level dla_core); -1 when none.
 int sidecar_dla_core(const std::string& sidecar_json);
+// The sidecar's plan_sha256, lower case; "" when it records none.
+std::string sidecar_plan_sha256(const std::string& sidecar_json);
 
 // ------------------------------------------------------------- files and decoding (engine/preprocess.py)
 
@@ -158,12 +186,18 @@ int has_int8_dot();
 bool openvino_built();
 bool tensorrt_built();
 // precision: fp32|fp16|int8|bf16 (the hint engine/backends/openvino_backend.py sets); threads 0 = all cores.
-std::unique_ptr<Runner> open_openvino(const std::string& onnx_path, const std::string& input_name,
-                                      const std::string& output_name, const std::string& precision, int threads,
-                                      int max_batch);
+// `bytes`: the file's verified contents (what is compiled; `onnx_path` names it in messages).
+std::unique_ptr<Runner> open_openvino(const std::string& onnx_path, const std::string& bytes,
+                                      const std::string& input_name, const std::string& output_name,
+                                      const std::string& precision, int threads, int max_batch);
 // plan + plan.json sidecar, checked before TensorRT sees the bytes.
 std::unique_ptr<Runner> open_tensorrt(const std::string& plan_path, const std::string& input_name,
                                       const std::string& output_name, int device);
+// engine/canary.py canary_images: count x size x size x 3 uint8 RGB.
+std::vector<uint8_t> canary_images(int size, int count, uint64_t seed);
+// The worst cosine between the runner's embeddings of the canaries and the record's (NaN: wrong shape/non-finite).
+double canary_cosine(Runner& runner, const Canary& record, int size);
+
 // How many CUDA devices answer (0 without TensorRT support or a driver), and why not.
 int cuda_device_count(std::string* why);
 

@@ -55,13 +55,14 @@ namespace {
 
 class OpenVinoRunner : public Runner {
 public:
-    OpenVinoRunner(const std::string& path, const std::string& input_name, const std::string& output_name,
-                   const std::string& precision, int threads, int max_batch)
+    OpenVinoRunner(const std::string& path, const std::string& bytes, const std::string& input_name,
+                   const std::string& output_name, const std::string& precision, int threads, int max_batch)
         : input_name_(input_name), output_name_(output_name), max_batch_(max_batch) {
         ov::Core core;
         std::shared_ptr<ov::Model> model;
         try {
-            model = core.read_model(path);
+            // From the verified bytes (an ONNX model in memory): the file is not read a second time.
+            model = core.read_model(bytes, ov::Tensor());
         } catch (const std::exception& e) {
             throw Error(path + ": openvino cannot read it (" + first_line(e.what()) + ")");
         }
@@ -146,10 +147,10 @@ private:
 
 }  // namespace
 
-std::unique_ptr<Runner> open_openvino(const std::string& onnx_path, const std::string& input_name,
-                                      const std::string& output_name, const std::string& precision, int threads,
-                                      int max_batch) {
-    return std::make_unique<OpenVinoRunner>(onnx_path, input_name, output_name, precision, threads, max_batch);
+std::unique_ptr<Runner> open_openvino(const std::string& onnx_path, const std::string& bytes,
+                                      const std::string& input_name, const std::string& output_name,
+                                      const std::string& precision, int threads, int max_batch) {
+    return std::make_unique<OpenVinoRunner>(onnx_path, bytes, input_name, output_name, precision, threads, max_batch);
 }
 
 #else
@@ -157,7 +158,7 @@ std::unique_ptr<Runner> open_openvino(const std::string& onnx_path, const std::s
 bool openvino_built() { return false; }
 
 std::unique_ptr<Runner> open_openvino(const std::string&, const std::string&, const std::string&,
-                                      const std::string&, int, int) {
+                                      const std::string&, const std::string&, int, int) {
     throw Error("this faceverify library was built without OpenVINO (CMake did not find it; set OpenVINO_DIR "
                 "to <site-packages>/openvino/cmake and rebuild)");
 }

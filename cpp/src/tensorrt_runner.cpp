@@ -66,9 +66,8 @@ public:
                                 std::to_string(prop.major) + "." + std::to_string(prop.minor)};
         check_plan_sidecar(sidecar, running, plan + ".json");
 
-        std::ifstream f(plan, std::ios::binary);
-        if (!f) throw Error(plan + ": no such file");
-        std::vector<char> blob((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+        const std::string blob = read_model_file(plan);
+        verify_plan(plan, blob, sidecar_plan_sha256(sidecar));  // the bytes hashed are the bytes deserialised
         runtime_.reset(nvinfer1::createInferRuntime(logger_));
         if (!runtime_) throw Error(plan + ": createInferRuntime failed");
         int dla = sidecar_dla_core(sidecar);

@@ -95,27 +95,31 @@ def _precision_from_graph(info) -> str:
     return "fp32"
 
 
-def _read_onnx(path: Path, config: ModelConfig | None) -> tuple[ModelConfig | None, str]:
-    """Check an ONNX file against the contract; return (config, precision).
+def _read_onnx(path: Path, config: ModelConfig | None) -> tuple[ModelConfig | None, str, str]:
+    """Check an ONNX file against its recorded digest and the contract; return (config, precision, digest).
 
-    A passed check is remembered in the cache (keyed by the file's path, size
-    and mtime and the contract's names and sizes): reading the graph maps the
-    whole file, and a second call need not.
+    The digest is checked first (``engine.integrity``): a file that is not the
+    one ``model.json`` records is refused before any of it is parsed. A passed
+    contract check is remembered in the cache by that digest: reading the
+    graph maps the whole file, and a second call need not.
     """
     from engine.cachedir import remembered
+    from engine.integrity import verified_digest
 
     try:  # a FIFO would block the read below; protobuf caps a graph at 2 GiB
         check_regular(path, 2**31, "an ONNX model")
     except FileRefused as exc:
         raise ContractError(str(exc)) from None
+    digest = verified_digest(path, config)
     want = [config.input_name, config.output_name, config.input_size, config.embedding_dim] if config else None
 
     def check() -> dict:
         checked, precision = _check_onnx_file(path, config)
         return {"input_size": checked.input_size, "embedding_dim": checked.embedding_dim, "precision": precision}
 
-    info = remembered("onnx-checks", path, want, check, ("input_size", "embedding_dim", "precision"))
-    return (config or ModelConfig(input_size=info["input_size"], embedding_dim=info["embedding_dim"])), info["precision"]
+    info = remembered("onnx-checks", digest, [path.name, want], check, ("input_size", "embedding_dim", "precision"))
+    config = config or ModelConfig(input_size=info["input_size"], embedding_dim=info["embedding_dim"])
+    return config, info["precision"], digest
 
 
 def _check_onnx_file(path: Path, config: ModelConfig | None) -> tuple[ModelConfig, str]:
@@ -157,7 +161,7 @@ def resolve_model(model=None) -> ModelSource:
     config = ModelConfig.load(beside) if beside.is_file() else None
     suffix = path.suffix.lower()
     if suffix == ".onnx":
-        config, precision = _read_onnx(path, config)
+        config, precision, _ = _read_onnx(path, config)
         return ModelSource(path, config, onnx={precision: path})
     if suffix in (".plan", ".engine", ".trt"):
         from engine.backends.tensorrt_backend import read_sidecar
@@ -265,9 +269,14 @@ def open_backend(model=None, backend: str = "auto", precision: str | None = None
     opts = dict(device=device, max_batch=max_batch, threads=threads, cuda_graphs=cuda_graphs, timing=timing)
     out = _open(src, choice, **opts)
     record = (out.config.extra or {}).get("canary")
-    if not record:
+    if record is None or record == {}:  # a folder without canaries (hand-made); anything else is checked
         return out
-    from engine.canary import MIN_COSINE, checked_cosine
+    from engine.canary import MIN_COSINE, checked_cosine, record_problem
+
+    problem = record_problem(record)
+    if problem:
+        out.close()
+        raise BackendError(f"{src.path}: model.json: {problem}")
 
     # The canaries: does this precision, on this CPU/GPU, agree with FP32? An
     # automatic choice falls back to the next precision; an explicit one is refused.
@@ -314,15 +323,14 @@ def _open(src: ModelSource, choice: Choice, *, device, max_batch, threads, cuda_
                            threads=threads, timing=timing)
     else:
         onnx_file = src.onnx["fp32" if prec == "bf16" else prec]
-        if onnx_file is not src.path:  # a folder's file: check it against model.json (a single file already was)
-            config, _ = _read_onnx(onnx_file, config)
+        config, _, digest = _read_onnx(onnx_file, config)  # digest and contract (remembered: cheap the second time)
         if name == "openvino":
             from engine.backends.openvino_backend import OpenVinoBackend as cls
         else:
             from engine.backends.onnxruntime_backend import OnnxRuntimeBackend as cls
         out = cls(onnx_file, input_size=config.input_size, embedding_dim=config.embedding_dim, precision=prec,
                   device=device, max_batch=max_batch or CPU_MAX_BATCH, threads=threads,
-                  input_name=config.input_name, output_name=config.output_name)
+                  input_name=config.input_name, output_name=config.output_name, digest=digest)
     if config is None:
         config = ModelConfig(input_size=out.input_size, embedding_dim=out.embedding_dim)
     out.config, out.choice, out.source = config, choice, src

@@ -27,7 +27,7 @@ class Backend(abc.ABC):
     name: str = "backend"
 
     def __init__(self, *, precision: str, max_batch: int, input_size: int, embedding_dim: int,
-                 model_path: str | Path | None = None, device: str = "cpu"):
+                 model_path: str | Path | None = None, device: str = "cpu", digest: str | None = None):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.precision = precision
@@ -35,6 +35,7 @@ class Backend(abc.ABC):
         self.input_size = int(input_size)
         self.embedding_dim = int(embedding_dim)
         self.model_path = Path(model_path) if model_path is not None else None
+        self.model_digest = digest  # SHA-256 of the file that runs (engine.integrity); keys the caches
         self.device = device
         self.closed = False
         # The model's contract (threshold, crop); set by engine.backends.open_backend.

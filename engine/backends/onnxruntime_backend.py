@@ -39,25 +39,25 @@ def pick_providers(device: str | None, available: list[str]) -> list[str]:
     return chosen + ["CPUExecutionProvider"]
 
 
-def optimized_path(onnx_path: str | Path, version: str) -> Path | None:
+def optimized_path(digest: str, version: str) -> Path | None:
     """Where the CPU-optimised graph of ``onnx_path`` is cached; None when caching is off.
 
     ONNX Runtime's graph optimisation is most of a session's opening: for the
     bundled model on the 2-core EPYC 0.29 s, against 0.13 s for a saved
     optimised graph. The saved graph holds kernels for this CPU (NCHWc
-    layouts), so the key has the file (path, size, mtime), the ORT version
-    and the CPU's name and ISA flags; a changed file or machine optimises afresh.
+    layouts), so the key has the file's SHA-256 (``engine.integrity``), the
+    ORT version and the CPU's name and ISA flags; other bytes or another
+    machine optimise afresh.
     """
-    from engine.cachedir import cache_dir, file_key
+    import hashlib
+
+    from engine.cachedir import cache_dir
     from engine.cpu import machine_identity
 
     folder = cache_dir("onnxruntime")
     if folder is None:
         return None
-    try:
-        return folder / f"{file_key(Path(onnx_path), [version, machine_identity()])}.onnx"
-    except OSError:
-        return None
+    return folder / f"{hashlib.sha256(f'{digest}|{version}|{machine_identity()}'.encode()).hexdigest()}.onnx"
 
 
 def _cached_session(ort, cached: Path, opts, providers):
@@ -81,15 +81,21 @@ class OnnxRuntimeBackend(Backend):
 
     def __init__(self, onnx_path: str | Path, *, input_size: int, embedding_dim: int, precision: str = "fp32",
                  device: str | None = None, max_batch: int = 32, threads: int | None = None,
-                 input_name: str = INPUT_NAME, output_name: str = OUTPUT_NAME):
+                 input_name: str = INPUT_NAME, output_name: str = OUTPUT_NAME, digest: str | None = None):
         import onnxruntime as ort
+
+        from engine.integrity import file_digest
 
         providers = pick_providers(device, ort.get_available_providers())
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or cpu_cores()
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        cached = optimized_path(onnx_path, ort.__version__) if providers == ["CPUExecutionProvider"] else None
+        try:
+            digest = digest or file_digest(onnx_path)
+        except OSError:  # unreadable: ONNX Runtime's own error below names it
+            digest = None
+        cached = optimized_path(digest, ort.__version__) if digest and providers == ["CPUExecutionProvider"] else None
         self._session = _cached_session(ort, cached, opts, providers) if cached is not None else None
         if self._session is None:
             if cached is not None:  # written under a temporary name, renamed when whole
@@ -112,7 +118,7 @@ class OnnxRuntimeBackend(Backend):
         self._input, self._output = input_name, output_name
         used = self._session.get_providers()[0]
         super().__init__(precision=precision, max_batch=max_batch, input_size=input_size,
-                         embedding_dim=embedding_dim, model_path=onnx_path,
+                         embedding_dim=embedding_dim, model_path=onnx_path, digest=digest,
                          device="cpu" if used == "CPUExecutionProvider" else used.removesuffix("ExecutionProvider"))
         self.providers = self._session.get_providers()
 

@@ -19,8 +19,9 @@ Compiled models are cached (OpenVINO's ``CACHE_DIR``) in
 ``$FAKEAWARE_CACHE_DIR`` (default ``~/.cache/fakeaware-faceverify``)
 ``/openvino``: a later process imports the blob instead of compiling again
 (from the file's path, without reading the ONNX graph). Blobs sit in one
-sub-folder per (path, size, mtime) of the model file, since OpenVINO keys a
-path-compiled blob on the path; a replaced file compiles afresh. ``FAKEAWARE_CACHE_DIR=off``
+sub-folder per SHA-256 of the model file (``engine.integrity``), since
+OpenVINO keys a path-compiled blob on the path: a file with other bytes
+compiles afresh, whatever its size and mtime. ``FAKEAWARE_CACHE_DIR=off``
 disables it.
 """
 from __future__ import annotations
@@ -84,7 +85,7 @@ class OpenVinoBackend(Backend):
     def __init__(self, onnx_path: str | Path, *, input_size: int, embedding_dim: int, precision: str = "fp32",
                  device: str | None = None, max_batch: int = 32, threads: int | None = None,
                  performance_hint: str = "LATENCY", input_name: str = INPUT_NAME, output_name: str = OUTPUT_NAME,
-                 cache_dir: str | Path | None = "default"):
+                 cache_dir: str | Path | None = "default", digest: str | None = None):
         try:
             ov = import_openvino()
         except ImportError:
@@ -98,12 +99,16 @@ class OpenVinoBackend(Backend):
             config["INFERENCE_NUM_THREADS"] = int(threads or cpu_cores())
         config["INFERENCE_PRECISION_HINT"] = PRECISION_HINTS[precision]
         self.cache_dir = default_cache_dir() if cache_dir == "default" else (Path(cache_dir) if cache_dir else None)
+        try:
+            from engine.integrity import file_digest
+
+            digest = digest or file_digest(onnx_path)
+        except OSError:  # unreadable: OpenVINO's own error below names it
+            digest, self.cache_dir = None, None
         if self.cache_dir is not None:
             # Compiling from a path, OpenVINO keys the blob on the path, not the content: one
-            # sub-folder per (file, size, mtime) so a replaced model file is compiled afresh.
-            from engine.cachedir import file_key
-
-            config["CACHE_DIR"] = str(self.cache_dir / file_key(onnx_path)[:16])
+            # sub-folder per content digest so a replaced model file is compiled afresh.
+            config["CACHE_DIR"] = str(self.cache_dir / digest[:32])
         core = ov.Core()
         try:
             # With the cache on, compile from the path: a cached blob is then imported without
@@ -118,7 +123,7 @@ class OpenVinoBackend(Backend):
         hint = self._compiled.get_property("INFERENCE_PRECISION_HINT")
         self.inference_precision = hint.to_string() if hasattr(hint, "to_string") else str(hint)  # "f32", "bf16"
         super().__init__(precision=precision, max_batch=max_batch, input_size=input_size,
-                         embedding_dim=embedding_dim, model_path=onnx_path, device=ov_device.lower())
+                         embedding_dim=embedding_dim, model_path=onnx_path, device=ov_device.lower(), digest=digest)
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         result = self._request.infer({self._input: batch})

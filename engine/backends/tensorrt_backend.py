@@ -147,6 +147,19 @@ def load_tensorrt():
     return tensorrt
 
 
+def _verified_plan(plan_path: Path, blob: bytes, sidecar: dict) -> str:
+    """The plan's SHA-256, refused unless it is the sidecar's ``plan_sha256`` (engine.integrity's rule)."""
+    import hashlib
+
+    from engine.integrity import mismatch
+
+    got = hashlib.sha256(blob).hexdigest()
+    want = sidecar.get("plan_sha256")
+    if want is not None and got != str(want).lower():
+        raise mismatch(plan_path, got, str(want), sidecar_path(plan_path).name)
+    return got
+
+
 class TensorRTBackend(Backend):
     name = "tensorrt"
 
@@ -172,7 +185,9 @@ class TensorRTBackend(Backend):
         self._graphs: dict[int, cuda.CudaGraph] = {}
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
-        self._engine = self._runtime.deserialize_cuda_engine(plan_path.read_bytes())
+        blob = plan_path.read_bytes()
+        self._digest = _verified_plan(plan_path, blob, sidecar)
+        self._engine = self._runtime.deserialize_cuda_engine(blob)
         if self._engine is None:
             raise BackendError(f"{plan_path}: TensorRT could not deserialise the plan (see the log above)")
         self._input, self._output = input_name, output_name
@@ -199,7 +214,8 @@ class TensorRTBackend(Backend):
         self.cuda_graphs = cuda_graphs
         self.sidecar = sidecar
         super().__init__(precision=str(sidecar.get("precision", "unknown")), max_batch=max_batch,
-                         input_size=size, embedding_dim=dim, model_path=plan_path, device=f"cuda:{device}")
+                         input_size=size, embedding_dim=dim, model_path=plan_path, device=f"cuda:{device}",
+                         digest=self._digest)
 
     def _check_io(self, plan_path: Path) -> None:
         trt, engine = self._trt, self._engine

@@ -477,17 +477,26 @@ def test_a_passed_canary_check_is_remembered_per_file_and_machine(tmp_path, monk
     monkeypatch.setattr(canary, "machine_identity", lambda: "another CPU | avx2")
     assert opened() > 0.9999 and len(runs) == 2                          # another CPU: run again
     os.utime(folder / "model.fp32.onnx", ns=(1, 10**18))
-    assert opened() > 0.9999 and len(runs) == 3                          # a replaced model file: run again
+    assert opened() > 0.9999 and len(runs) == 2                          # touched, same bytes: remembered
+    import onnx
+
+    model = onnx.load(folder / "model.fp32.onnx")
+    model.producer_name = "another producer"                             # other bytes, same network
+    stat = (folder / "model.fp32.onnx").stat()
+    onnx.save(model, folder / "model.fp32.onnx")
+    os.utime(folder / "model.fp32.onnx", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert opened() > 0.9999 and len(runs) == 3                          # other bytes, old mtime: run again
     _with_canary(folder, tamper=-1.0)                                     # new references in model.json
     with pytest.raises(BackendError, match="canary cosine -1.0000"):
         opened()
     assert len(runs) == 4
 
 
-def test_remembered_answers_follow_the_file_and_survive_damage(tmp_path, monkeypatch):
+def test_remembered_answers_follow_the_content_and_survive_damage(tmp_path, monkeypatch):
     import os
 
     from engine.cachedir import remembered
+    from engine.integrity import file_digest
 
     monkeypatch.setenv("FAKEAWARE_CACHE_DIR", str(tmp_path / "cache"))
     f = tmp_path / "m.onnx"
@@ -498,14 +507,15 @@ def test_remembered_answers_follow_the_file_and_survive_damage(tmp_path, monkeyp
         calls.append(1)
         return {"n": len(calls)}
 
-    assert remembered("t", f, None, compute, ("n",)) == {"n": 1}
-    assert remembered("t", f, None, compute, ("n",)) == {"n": 1} and len(calls) == 1  # remembered
-    assert remembered("t", f, "other contract", compute, ("n",)) == {"n": 2}         # the key includes extra
-    f.write_bytes(b"changed")
-    os.utime(f, ns=(1, 10**18))
-    assert remembered("t", f, None, compute, ("n",)) == {"n": 3}                      # a changed file: again
+    assert remembered("t", file_digest(f), None, compute, ("n",)) == {"n": 1}
+    assert remembered("t", file_digest(f), None, compute, ("n",)) == {"n": 1} and len(calls) == 1  # remembered
+    assert remembered("t", file_digest(f), "other contract", compute, ("n",)) == {"n": 2}  # the key has extra
+    stat = f.stat()
+    f.write_bytes(b"two")                                          # same size, mtime put back
+    os.utime(f, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert remembered("t", file_digest(f), None, compute, ("n",)) == {"n": 3}   # other bytes: again
     for entry in (tmp_path / "cache" / "t").glob("*.json"):
         entry.write_text("{broken")
-    assert remembered("t", f, None, compute, ("n",)) == {"n": 4}                      # damaged: recomputed
+    assert remembered("t", file_digest(f), None, compute, ("n",)) == {"n": 4}   # damaged: recomputed
     monkeypatch.setenv("FAKEAWARE_CACHE_DIR", "off")
-    assert remembered("t", f, None, compute, ("n",)) == {"n": 5}                      # off: always computed
+    assert remembered("t", file_digest(f), None, compute, ("n",)) == {"n": 5}   # off: always computed

@@ -37,16 +37,16 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import _STORED_AS, REPO, face_data_dir, write_exif_jpeg
+from conftest import _STORED_AS, REPO, TAMPERS, face_data_dir, synthetic_face, tampered_model, write_exif_jpeg, write_jpeg
 
 BUILD = REPO / "build" / "pytest-cpp"
 CLI = BUILD / "faceverify"
 SIM_TOLERANCE = 1e-3  # FP16: measured 1e-5
 INT8_SIM_TOLERANCE = 5e-3  # INT8: see the module docstring (the Python runtime's own spread is 4.3e-3)
 MIN_COSINE = 0.999
-HEADERS = {"OpenCV": "opencv4/opencv2/imgcodecs.hpp", "nlohmann-json": "nlohmann/json.hpp"}
+HEADERS = {"OpenCV": "opencv4/opencv2/imgcodecs.hpp", "nlohmann-json": "nlohmann/json.hpp", "OpenSSL": "openssl/evp.h"}
 APT = "apt-get install -y --no-install-recommends libopencv-imgproc-dev libopencv-imgcodecs-dev " \
-      "libopencv-core-dev nlohmann-json3-dev"
+      "libopencv-core-dev nlohmann-json3-dev libssl-dev"
 
 
 def _missing_prerequisite() -> str | None:
@@ -534,3 +534,32 @@ def test_dump_outputs_never_overwrite_an_input_or_write_through_a_link(cli, phot
     run_cli(cli, "--embed", photo, "--dump-embeddings", out, "--dump-crops", tmp_path / "c", check_rc=0)
     assert json.loads(out.read_text())["images"][0]["embedding"] and (tmp_path / "c" / "0.ppm").is_file()
     assert not list(tmp_path.glob(".faceverify-*"))  # no temporary left
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", TAMPERS)
+def test_tampered_folders_are_refused_with_pythons_line(cli, tmp_path, kind):
+    """Issue 27, class 1: a changed model file, a file convert did not write, a network changed behind an
+    updated digest, or damaged canaries: refused by both runtimes, exit 2, with the same reason."""
+    folder = tampered_model(tmp_path / kind, kind)
+    a, b = (write_jpeg(tmp_path / f"{n}.jpg", synthetic_face(n, 160)) for n in (1, 2))
+    env = {**os.environ, "FAKEAWARE_CACHE_DIR": str(tmp_path / "cache")}
+    py = subprocess.run([sys.executable, "-m", "engine.verify", "--model", str(folder), "--backend", "openvino",
+                         str(a), str(b)], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    cpp = subprocess.run([str(cli), "--model", str(folder), str(a), str(b)], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert py.returncode == 2 and cpp.returncode == 2, (py.stderr, cpp.stderr)
+    (py_line,), (cpp_line,) = error_lines(py.stderr), error_lines(cpp.stderr)
+    assert py_line.split("error: ", 1)[1] == cpp_line.split("error: ", 1)[1]
+
+
+def test_canaries_agree_with_python_on_the_bundled_model(cli, tmp_path):
+    """The C++ drawing of the canaries is Python's (engine/canary.py): the same worst cosine to 6 decimals."""
+    from engine.backends import open_backend
+
+    a, b = (write_jpeg(tmp_path / f"{n}.jpg", synthetic_face(n, 160)) for n in (1, 2))
+    done = run_cli(cli, "--json", "--precision", "fp16", a, b)
+    cpp = json.loads(done.stdout)["canary_cosine"] if done.stdout.strip() else None
+    with open_backend(None, backend="openvino", precision="fp16") as be:
+        py = be.canary_cosine
+    assert cpp is not None and abs(cpp - py) < 2e-6, (cpp, py, done.stderr)
