@@ -70,7 +70,7 @@ def python_worker(images: list[str], precision: str, repeat: int, batch: int) ->
     with Embedder(backend, progress=False) as embedder:
         embedder.embed_paths(images)  # warm-up: detectors open, first inferences allocate
         e2e = median_s(lambda: embedder.embed_paths(images), repeat)
-        pre = Preprocessor(backend.config, size=backend.input_size, refuse_blank=True)
+        pre = Preprocessor(backend.config, size=backend.input_size, refuse_non_faces=True)
         crops = [pre.load(p).image for p in images]  # warm-up
         prep = median_s(lambda: [pre.load(p) for p in images], repeat)
         pre.close()

@@ -56,13 +56,36 @@ def _paint(img: np.ndarray, xs: np.ndarray, ys: np.ndarray, centre, radii, colou
         img[:, :, c] = img[:, :, c] * (1.0 - m) + colour[c] * m
 
 
+def draw_face(background: np.ndarray, skin, hair, centre, axes, eye_y: float, eye_dx: float, mouth_y: float,
+              mouth_w: float) -> np.ndarray:
+    """Paint a face-like layout (hair, skin, eyes, brows, nose, mouth) onto ``background`` (float64 H x W x 3,
+    changed in place and returned; sizes in pixels, ``s`` = side / 112 scales the fixed parts)."""
+    size = background.shape[0]
+    s = size / 112.0
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
+    (cx, cy), (ax, ay) = centre, axes
+    img = background
+    _paint(img, xs, ys, (cx, cy - 8 * s), (ax + 4 * s, ay), hair, upper_only=True)
+    _paint(img, xs, ys, (cx, cy), (ax, ay), skin)
+    for side in (-1.0, 1.0):
+        ex = cx + side * eye_dx
+        _paint(img, xs, ys, (ex, eye_y), (7 * s, 4 * s), (240.0, 240.0, 240.0))
+        _paint(img, xs, ys, (ex, eye_y), (3 * s, 3 * s), (40.0, 30.0, 20.0))
+        _paint(img, xs, ys, (ex, eye_y - 8.5 * s), (8 * s, 1.2 * s), hair)
+    nose_top, nose_end = eye_y + 4 * s, cy + 10 * s
+    _paint(img, xs, ys, (cx - 1.5 * s, (nose_top + nose_end) / 2), (1.6 * s, (nose_end - nose_top) / 2),
+           [0.8 * v for v in skin])
+    _paint(img, xs, ys, (cx, mouth_y), (mouth_w, 2 * s), (150.0, 60.0, 60.0))
+    return img
+
+
 def canary_images(size: int, count: int = CANARY_COUNT, seed: int = CANARY_SEED) -> np.ndarray:
     """``count`` uint8 RGB ``size`` x ``size`` face-like images, the same for a seed on every machine."""
     rng = _SplitMix64(seed)
     out = np.empty((count, size, size, 3), np.uint8)
     s = size / 112.0
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
-    for i in range(count):
+    for i in range(count):  # the order of the draws is part of the format (generator 2)
         bg = [rng.uniform(30, 220) for _ in range(3)]
         gx, gy = rng.uniform(-40, 40), rng.uniform(-40, 40)
         img = np.empty((size, size, 3), np.float64)
@@ -72,19 +95,10 @@ def canary_images(size: int, count: int = CANARY_COUNT, seed: int = CANARY_SEED)
         hair = [rng.uniform(0, 120) for _ in range(3)]
         cx, cy = size / 2 + rng.uniform(-4, 4) * s, size / 2 + rng.uniform(2, 8) * s
         ax, ay = rng.uniform(30, 38) * s, rng.uniform(40, 48) * s
-        _paint(img, xs, ys, (cx, cy - 8 * s), (ax + 4 * s, ay), hair, upper_only=True)
-        _paint(img, xs, ys, (cx, cy), (ax, ay), skin)
         eye_y, eye_dx = cy - rng.uniform(8, 14) * s, rng.uniform(15, 20) * s
-        for side in (-1.0, 1.0):
-            ex = cx + side * eye_dx
-            _paint(img, xs, ys, (ex, eye_y), (7 * s, 4 * s), (240.0, 240.0, 240.0))
-            _paint(img, xs, ys, (ex, eye_y), (3 * s, 3 * s), (40.0, 30.0, 20.0))
-            _paint(img, xs, ys, (ex, eye_y - 8.5 * s), (8 * s, 1.2 * s), hair)
-        nose_top, nose_end = eye_y + 4 * s, cy + 10 * s
-        _paint(img, xs, ys, (cx - 1.5 * s, (nose_top + nose_end) / 2), (1.6 * s, (nose_end - nose_top) / 2),
-               [0.8 * v for v in skin])
         mouth_y = cy + rng.uniform(20, 26) * s
-        _paint(img, xs, ys, (cx, mouth_y), (rng.uniform(9, 13) * s, 2 * s), (150.0, 60.0, 60.0))
+        mouth_w = rng.uniform(9, 13) * s
+        draw_face(img, skin, hair, (cx, cy), (ax, ay), eye_y, eye_dx, mouth_y, mouth_w)
         out[i] = np.clip(np.rint(img), 0, 255).astype(np.uint8)
     return out
 

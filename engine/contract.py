@@ -172,13 +172,12 @@ class ModelConfig:
                 check_template(self.template)
             except ValueError as exc:
                 raise ContractError(f"template: {exc}") from None
-        if self.align == "face":
-            from engine.align import template_points
+        from engine.align import template_points  # align none too: the runtime's second look aligns a crop's face
 
-            try:
-                template_points(self.template, self.input_size, self.margin)
-            except (ValueError, TypeError) as exc:
-                raise ContractError(f"template/margin: {exc}") from None
+        try:
+            template_points(self.template, self.input_size, self.margin)
+        except (ValueError, TypeError) as exc:
+            raise ContractError(f"template/margin: {exc}") from None
         self.min_face = _number("min_face", self.min_face, 0.0)
         self.embedding_dim = _integer("embedding_dim", self.embedding_dim, 1, MAX_EMBEDDING_DIM)
         self.realness_weight = _number("realness_weight", self.realness_weight, 0.0)

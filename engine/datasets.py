@@ -788,7 +788,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m engine.datasets",
-                                     description="Read and validate a dataset; print its counts. Exit 1 with "
+                                     description="Read and validate a dataset; print its counts. Exit 2 with "
                                                  "the file (and line) of the first problem.")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--check-images", action="store_true",

@@ -228,7 +228,7 @@ class Embedder:
         if preprocessor is not None and preprocessor.size != backend.input_size:
             raise ValueError(f"preprocessor makes {preprocessor.size} px inputs, the backend takes {backend.input_size}")
         # Blank (one-colour) inputs are refused: they would score as the same "person" as each other.
-        self.preprocessor = preprocessor or Preprocessor(backend.config, size=backend.input_size, refuse_blank=True)
+        self.preprocessor = preprocessor or Preprocessor(backend.config, size=backend.input_size, refuse_non_faces=True)
         self._info: dict[Path, tuple[dict, list[str]]] = {}
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="decode")
         size = backend.input_size

@@ -30,6 +30,9 @@ MAX_PIXELS = 50_000_000  # checked from the header, before any pixel is decoded
 # ... and what the decoder will allocate for them: a 7000x7000 float64 TIFF is 49 Mpx but 1.2 GB (and
 # 2.6 GB with the conversions), from a 1.3 MB file. 200 MB = 50 Mpx of 8-bit RGBA.
 MAX_DECODED_BYTES = 200_000_000
+# The second look at a detected face (Preprocessor._second_look) is taken in an aligned crop of at least this
+# many pixels: in a 32 px model input the detector sees too little to find even a real face again.
+SECOND_LOOK_SIZE = 112
 # Larger than any photo a verifier needs (a 50 Mpx JPEG is ~25 MB); checked before reading,
 # so a huge file is refused instead of filling memory (and OpenCV asserts past 2 GiB).
 MAX_FILE_BYTES = 256 * 1024 * 1024
@@ -482,21 +485,27 @@ class Preprocessor:
     ``align: face``: detect, keep the main face (:func:`main_face`; a
     warning names the count when there are several), warp it onto the
     template; no face is a :class:`NoFaceError`, a face smaller than
-    ``min_face`` a warning. ``align: none``: centre crop; with
-    ``refuse_blank`` (the runtime's choice: training keeps its data as
-    labelled) a crop of one colour is an :class:`ImageError` ("blank
-    image"), as it carries no face to verify. Safe to share
+    ``min_face`` a warning. ``align: none``: centre crop.
+
+    ``refuse_non_faces`` (the runtime's choice; training keeps its data as
+    labelled) refuses what is not a face before it can get a decision: a
+    crop of one colour (:class:`ImageError`, "blank image"), a detection
+    that does not hold up on a second look (the detector run again on the
+    aligned crop finds no face: BlazeFace fires on ~1% of noise and texture
+    images, never again on their crops), and with ``align: none`` a crop in
+    which the detector finds no face. Measured by ``python -m
+    bench.face_gate`` (bench/results/face-gate.json). Safe to share
     between decode threads: each thread opens its own single-threaded
     detector on first use (a backend serves one thread at a time), so the
     decode threads detect in parallel.
     """
 
-    def __init__(self, config=None, size: int | None = None, detector=None, refuse_blank: bool = False):
+    def __init__(self, config=None, size: int | None = None, detector=None, refuse_non_faces: bool = False):
         from engine.contract import ModelConfig
 
         self.config = config if config is not None else ModelConfig(input_size=size or DEFAULT_SIZE)
         self.size = int(size or self.config.input_size)
-        self.refuse_blank = refuse_blank
+        self.refuse_non_faces = refuse_non_faces
         self._given = detector
         self._local = threading.local()
         self._opened: list = []
@@ -528,7 +537,7 @@ class Preprocessor:
         call on a 2-core CPU). A detector that fails to open here is opened
         again, and its error raised, on first use.
         """
-        if self.config.align != "face" or self._given is not None:
+        if (self.config.align != "face" and not self.refuse_non_faces) or self._given is not None:
             return
         from engine.detect import open_detector
 
@@ -542,14 +551,21 @@ class Preprocessor:
                 self._spare.append(det)
 
     def prepare(self, rgb: np.ndarray, source: str = "<array>") -> Prepared:
+        from engine.align import align_face
+
         cfg = self.config
         if cfg.align == "none":
             crop = preprocess(rgb, self.size, source, cfg.crop_fraction)
-            if self.refuse_blank and is_blank(crop):
-                raise ImageError(f"{source}: blank image (one colour throughout): no face to verify")
+            if self.refuse_non_faces:
+                if is_blank(crop):
+                    raise ImageError(f"{source}: blank image (one colour throughout): no face to verify")
+                view = crop if self.size >= SECOND_LOOK_SIZE else preprocess(rgb, SECOND_LOOK_SIZE, source,
+                                                                                     cfg.crop_fraction)
+                faces = self.detector.detect(view)
+                if not faces:
+                    raise NoFaceError(f"{source}: no face found in the crop (--align none is for face crops)")
+                self._second_look(view, main_face(faces, view.shape), source)
             return Prepared(crop)
-        from engine.align import align_face
-
         _check_rgb(rgb, source)
         faces = self.detector.detect(rgb)
         if not faces:
@@ -558,14 +574,29 @@ class Preprocessor:
         if not face.upright:
             raise NoFaceError(f"{source}: no upright face found (the detected face's eyes and mouth do not line "
                               f"up: rotated by more than ~45 degrees, or not a face)")
+        crop = align_face(rgb, face.keypoints, self.size, cfg.template, cfg.margin)
+        if self.refuse_non_faces:
+            self._second_look(crop if self.size >= SECOND_LOOK_SIZE else rgb, None if self.size >= SECOND_LOOK_SIZE
+                              else face, source)
         warnings = []
         if len(faces) > 1:
             warnings.append(f"{source}: {len(faces)} faces found, using the most central large one")
         if face.size < cfg.min_face:
             warnings.append(f"{source}: face is small ({face.size:.0f} px eye-to-mouth, under {cfg.min_face:g}): "
                             f"the decision is unreliable")
-        crop = align_face(rgb, face.keypoints, self.size, cfg.template, cfg.margin)
         return Prepared(crop, face, len(faces), warnings)
+
+    def _second_look(self, image: np.ndarray, face, source: str) -> None:
+        """Refuse a detection that does not hold up: the detector must find a face again in the face's
+        aligned crop, at least :data:`SECOND_LOOK_SIZE` px (``image`` itself when it is that crop, ``face`` None)."""
+        from engine.align import align_face
+
+        cfg = self.config
+        size = max(self.size, SECOND_LOOK_SIZE)
+        crop = image if face is None else align_face(image, face.keypoints, size, cfg.template, cfg.margin)
+        if not self.detector.detect(crop):
+            raise NoFaceError(f"{source}: no face found on a second look (the detector finds none in the aligned "
+                              f"crop: not a face, or too blurred or covered)")
 
     def load(self, path: str | os.PathLike, data: bytes | None = None) -> Prepared:
         """Read (unless its bytes are given as ``data``), decode and prepare one file."""

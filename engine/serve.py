@@ -115,7 +115,7 @@ class FaceService:
         self.size, self.dim = first.input_size, first.embedding_dim
         self.threshold = threshold if threshold is not None else self.config.threshold
         self.max_image_bytes = max_image_bytes
-        self.preprocessor = Preprocessor(self.config, size=self.size, refuse_blank=True)  # as the Embedder
+        self.preprocessor = Preprocessor(self.config, size=self.size, refuse_non_faces=True)  # as the Embedder
         self.workers = workers
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="decode")
         self._backends: queue.Queue = queue.Queue()

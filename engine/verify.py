@@ -152,8 +152,9 @@ def _run(image_a, image_b, *, pairs, out, labels, lfw, lfw_pairs, lfw_folds, rep
     from engine.preprocess import check_file
 
     mode = _check_usage(image_a, image_b, pairs, out, labels, lfw, lfw_pairs, report)
-    if threshold is not None and not math.isfinite(threshold):
-        raise UsageError(f"--threshold must be a finite number, got {threshold}")
+    if threshold is not None and not (math.isfinite(threshold) and -1.0 <= threshold <= 1.0):
+        # a cosine threshold outside [-1, 1] decides every pair the same way, whatever the photos
+        raise UsageError(f"--threshold must be a cosine similarity in [-1, 1], got {threshold}")
     for flag, value in (("--batch-size", batch_size), ("--workers", workers)):
         if value is not None and value < 1:
             raise UsageError(f"{flag} must be >= 1, got {value}")
@@ -251,7 +252,7 @@ def _warm_detectors(model, align, threads: int):
         return None, None
     if align is not None:
         cfg = dataclasses.replace(cfg, align=align)
-    pre = Preprocessor(cfg, refuse_blank=True)
+    pre = Preprocessor(cfg, refuse_non_faces=True)
     warming = threading.Thread(target=pre.warm, args=(threads,), name="warm-detectors", daemon=True)
     warming.start()
     return pre, warming

@@ -37,25 +37,26 @@ def face_data() -> Path:
 
 
 def synthetic_face(seed: int, size: int = 96) -> np.ndarray:
-    """A deterministic RGB image with a face-like layout: skin ellipse, eyes, mouth.
+    """A deterministic RGB drawing of a face (skin, hair, eyes, brows, nose, mouth on a darker ground) with mild noise.
 
     Each seed gives a different 'identity' (colours, proportions), so tests of
-    readers, attacks and training have structure to work with.
+    readers, attacks and training have structure to work with. Drawn with
+    engine.canary's soft ellipses in a palette with contrast, so the runtime's
+    face detector finds it, twice (the second look on its aligned crop), at
+    40 px and above: it passes where the runtime refuses non-faces.
     """
+    from engine.canary import draw_face
+
     rng = np.random.default_rng(seed)
-    img = np.full((size, size, 3), rng.integers(30, 220, 3), dtype=np.uint8)
-    c = size // 2
-    skin = tuple(int(v) for v in rng.integers(90, 255, 3))
-    cv2.ellipse(img, (c, c), (int(size * rng.uniform(0.25, 0.35)), int(size * rng.uniform(0.35, 0.45))),
-                0, 0, 360, skin, -1)
-    eye = tuple(int(v) for v in rng.integers(0, 80, 3))
-    dx, dy = int(size * rng.uniform(0.1, 0.16)), int(size * 0.1)
-    for sx in (-1, 1):
-        cv2.circle(img, (c + sx * dx, c - dy), max(2, size // 24), eye, -1)
-    cv2.ellipse(img, (c, c + int(size * 0.2)), (int(size * rng.uniform(0.08, 0.15)), size // 30), 0, 0, 360,
-                (int(rng.integers(100, 200)), 30, 40), -1)
-    noise = rng.normal(0, 6, img.shape)
-    return np.clip(img + noise, 0, 255).astype(np.uint8)
+    s = size / 112.0
+    img = np.empty((size, size, 3), np.float64)
+    img[:] = rng.uniform(10, 70, 3)
+    skin, hair = rng.uniform([150, 110, 90], [235, 190, 170]), rng.uniform(0, 60, 3)
+    cx, cy = size / 2 + rng.uniform(-4, 4) * s, size / 2 + rng.uniform(2, 8) * s
+    draw_face(img, skin, hair, (cx, cy), (rng.uniform(30, 38) * s, rng.uniform(40, 48) * s),
+              cy - rng.uniform(8, 14) * s, rng.uniform(15, 20) * s, cy + rng.uniform(20, 26) * s,
+              rng.uniform(9, 13) * s)
+    return np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
 
 
 def write_jpeg(path: Path, rgb: np.ndarray) -> Path:
@@ -116,56 +117,3 @@ def small_faces(tmp_path) -> Path:
     """12 identities x 3 images at 64x64: enough for identity-disjoint train/val/test splits."""
     return make_identity_folders(tmp_path / "faces", 12, 3)
 
-
-TAMPERS = ("byte-flipped", "unrecorded-file", "canaries-negated", "conv-zeroed-digest-updated",
-           "canaries-of-another-generator", "canaries-malformed")
-
-
-def tampered_model(dst: Path, kind: str) -> Path:
-    """A copy of the bundled model folder changed as an attacker or an accident would (``TAMPERS``).
-
-    Every kind must be refused before any decision, by the Python runtime and the C++ runner alike.
-    """
-    import json
-    import os
-    import shutil
-
-    from engine.integrity import sha256_file
-
-    shutil.copytree(REPO / "engine" / "models", dst, ignore=shutil.ignore_patterns("detector", "*.md", "*.csv"))
-    onnx_file, config_file = dst / "model.fp16.onnx", dst / "model.json"
-    config = json.loads(config_file.read_text())
-    canary = config["extra"]["canary"]
-    if kind == "byte-flipped":  # same size, mtime put back: only the content says it changed
-        st = onnx_file.stat()
-        data = bytearray(onnx_file.read_bytes())
-        data[len(data) // 2] ^= 0x5A
-        onnx_file.write_bytes(bytes(data))
-        os.utime(onnx_file, ns=(st.st_atime_ns, st.st_mtime_ns))
-    elif kind == "unrecorded-file":  # a file convert did not write, chosen before the recorded one
-        shutil.copy(onnx_file, dst / "model.fp32.onnx")
-    elif kind == "canaries-negated":
-        canary["fp32"] = [[-v for v in row] for row in canary["fp32"]]
-    elif kind == "conv-zeroed-digest-updated":  # the digest cannot tell; the canaries must
-        import onnx
-        from onnx import numpy_helper
-
-        model = onnx.load(onnx_file)
-        weights = {i.name: i for i in model.graph.initializer}
-        producer = {out: node for node in model.graph.node for out in node.output}
-        conv = [n for n in model.graph.node if n.op_type == "Conv"][5]
-        name = conv.input[1]
-        while name not in weights and name in producer:  # through the FP16 -> FP32 Cast
-            name = producer[name].input[0]
-        array = numpy_helper.to_array(weights[name])
-        weights[name].CopyFrom(numpy_helper.from_array(np.zeros_like(array), name))
-        onnx.save(model, onnx_file)
-        config["extra"]["onnx_sha256"]["fp16"] = sha256_file(onnx_file)
-    elif kind == "canaries-of-another-generator":
-        canary.pop("generator")
-    elif kind == "canaries-malformed":
-        canary["count"] = canary["count"] + 1
-    else:
-        raise ValueError(kind)
-    config_file.write_text(json.dumps(config))
-    return dst

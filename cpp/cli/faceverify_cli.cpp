@@ -85,8 +85,9 @@ Args parse(int argc, char** argv) {
             std::string t = value(i, "--threshold");
             char* end = nullptr;
             a.threshold = std::strtod(t.c_str(), &end);
-            if (t.empty() || *end || !std::isfinite(a.threshold))
-                throw UsageError{"--threshold must be a finite number, got '" + t + "'"};
+            // outside [-1, 1] a cosine threshold decides every pair the same way, whatever the photos
+            if (t.empty() || *end || !std::isfinite(a.threshold) || a.threshold < -1.0 || a.threshold > 1.0)
+                throw UsageError{"--threshold must be a cosine similarity in [-1, 1], got '" + t + "'"};
             a.has_threshold = true;
         } else if (arg.size() > 1 && arg[0] == '-' && arg != "-") {
             throw UsageError{"unrecognized arguments: " + arg};

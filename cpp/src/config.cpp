@@ -235,7 +235,7 @@ ModelConfig parse_model_config(const std::string& body, const std::string& sourc
         }
         const double zero = 0.0, max_margin = 4.0, minus_one = -1.0, one = 1.0;
         c.margin = number("margin", get("margin", 0.0), &zero, &max_margin);
-        if (c.align == "face" && !c.template_name.empty()) {
+        if (!c.template_name.empty()) {  // align none too: the second look aligns the face found in a crop
             try {
                 c.template_pts = named_template(c.template_name);
             } catch (const Error& e) {

@@ -176,7 +176,7 @@ struct fv_handle {
     void open_runners() {
         open_embedder();
         check_canaries();
-        if (config.align == "face") open_detector();
+        open_detector();  // with align none too: a crop must hold a face (engine.preprocess refuse_non_faces)
     }
 
     std::string embedder_file() const {
@@ -260,8 +260,37 @@ struct fv_handle {
                             " is not N x 17");
     }
 
-    int workers() const {
-        return config.align == "face" ? static_cast<int>(detectors.size()) : std::min(4, fv::cpu_cores());
+    int workers() const { return static_cast<int>(detectors.size()); }
+
+    // engine.detect.FaceDetector.detect: the whole frame, again zoomed out when nothing is found, then tiles.
+    std::vector<fv::Face> detect(const cv::Mat& rgb, int worker) {
+        fv::Runner* detector = detectors[static_cast<size_t>(worker)].get();
+        std::vector<float> raw(static_cast<size_t>(detector->output_dim()));
+        std::vector<fv::Face> faces;
+        for (int zoom : {1, fv::RETRY_ZOOM}) {
+            fv::Letterbox box = fv::letterbox(rgb, detector->input_size(), zoom);
+            detector->run(box.square.ptr<uint8_t>(), 1, raw.data());
+            faces = fv::decode_faces(raw.data(), detector->output_dim() / fv::DETECTION_VALUES,
+                                     detector->input_size(), box);
+            if (!faces.empty()) return faces;
+        }
+        return fv::detect_tiled(rgb, *detector);  // a small face in a large photo
+    }
+
+    // The face warped onto the model's template at `side` px (engine.align.align_face).
+    cv::Mat aligned(const cv::Mat& rgb, const fv::Face& face, int side) const {
+        double src[8];
+        for (int k = 0; k < 8; ++k) src[k] = face.keypoints[k];
+        fv::Points4 dst = fv::template_points(config.template_pts, std::max(side, config.input_size), config.margin);
+        return fv::warp(rgb, fv::similarity_transform(src, &dst[0][0], 4), std::max(side, config.input_size));
+    }
+
+    // engine.preprocess.Preprocessor._second_look: BlazeFace fires on ~1% of noise and textures, almost
+    // never again on the aligned crop of what it found; real faces are found again.
+    void second_look(const cv::Mat& crop, const std::string& source, int worker) {
+        if (detect(crop, worker).empty())
+            throw fv::NoFace(source + ": no face found on a second look (the detector finds none in the aligned "
+                             "crop: not a face, or too blurred or covered)");
     }
 
     // One decoded RGB image -> the model input (Preprocessor.prepare with refuse_blank, as the Embedder).
@@ -272,20 +301,18 @@ struct fv_handle {
             out.crop = fv::centre_crop(rgb, size, config.crop_fraction, source);
             if (fv::is_blank(out.crop))
                 throw fv::Error(source + ": blank image (one colour throughout): no face to verify");
+            const cv::Mat view = size >= fv::SECOND_LOOK_SIZE
+                                     ? out.crop : fv::centre_crop(rgb, fv::SECOND_LOOK_SIZE, config.crop_fraction, source);
+            std::vector<fv::Face> faces = detect(view, worker);
+            if (faces.empty())
+                throw fv::NoFace(source + ": no face found in the crop (--align none is for face crops)");
+            second_look(aligned(view, faces[fv::main_face(faces, view.cols, view.rows)], fv::SECOND_LOOK_SIZE),
+                        source, worker);
             return out;
         }
         fv::check_rgb(rgb, source);
         fv::Runner* detector = detectors[static_cast<size_t>(worker)].get();
-        std::vector<float> raw(static_cast<size_t>(detector->output_dim()));
-        std::vector<fv::Face> faces;
-        for (int zoom : {1, fv::RETRY_ZOOM}) {  // as engine/detect.py: again, zoomed out, when nothing is found
-            fv::Letterbox box = fv::letterbox(rgb, detector->input_size(), zoom);
-            detector->run(box.square.ptr<uint8_t>(), 1, raw.data());
-            faces = fv::decode_faces(raw.data(), detector->output_dim() / fv::DETECTION_VALUES,
-                                     detector->input_size(), box);
-            if (!faces.empty()) break;
-        }
-        if (faces.empty()) faces = fv::detect_tiled(rgb, *detector);  // a small face in a large photo
+        std::vector<fv::Face> faces = detect(rgb, worker);
         if (faces.empty()) throw fv::NoFace(source + ": no face found");
         faces = fv::refine_faces(rgb, faces, *detector);  // small faces again at a better scale
         const fv::Face& face = faces[fv::main_face(faces, rgb.cols, rgb.rows)];
@@ -301,10 +328,8 @@ struct fv_handle {
                           static_cast<double>(face.size()), config.min_face);
             out.warnings.push_back(source + msg);
         }
-        double src[8];
-        for (int k = 0; k < 8; ++k) src[k] = face.keypoints[k];
-        fv::Points4 dst = fv::template_points(config.template_pts, size, config.margin);
-        out.crop = fv::warp(rgb, fv::similarity_transform(src, &dst[0][0], 4), size);
+        out.crop = aligned(rgb, face, size);
+        second_look(size >= fv::SECOND_LOOK_SIZE ? out.crop : aligned(rgb, face, fv::SECOND_LOOK_SIZE), source, worker);
         out.face.faces = static_cast<int>(faces.size());
         std::copy(face.box.begin(), face.box.end(), out.face.box);
         out.face.score = face.score;

@@ -191,33 +191,72 @@ Size webp_size(const std::vector<uint8_t>& d) {
     return NO_SIZE;
 }
 
+// The first IFD of a TIFF (the page OpenCV decodes): where its entries are and how to read them.
+struct TiffIfd {
+    bool little = true, big = false;
+    uint64_t first = 0, count = 0, step = 12;
+    uint32_t u16(const std::vector<uint8_t>& d, size_t at) const { return little ? le16(&d[at]) : be16(&d[at]); }
+    uint32_t u32(const std::vector<uint8_t>& d, size_t at) const { return little ? le32(&d[at]) : be32(&d[at]); }
+    uint64_t u64(const std::vector<uint8_t>& d, size_t at) const {
+        uint64_t a = u32(d, at), b = u32(d, at + 4);
+        return little ? (b << 32 | a) : (a << 32 | b);
+    }
+};
+
+// engine.preprocess._tiff_entries: false when the IFD runs past the data.
+bool tiff_ifd(const std::vector<uint8_t>& d, TiffIfd& t) {
+    t.little = d[0] == 'I';
+    t.big = d[2] == '+' || d[3] == '+';
+    if (t.big) {
+        if (d.size() < 16) return false;
+        uint64_t ifd = t.u64(d, 8);
+        if (ifd > d.size() || d.size() - ifd < 8) return false;
+        t.count = t.u64(d, ifd);
+        t.first = ifd + 8;
+        t.step = 20;
+    } else {
+        if (d.size() < 8) return false;
+        uint64_t ifd = t.u32(d, 4);
+        if (ifd > d.size() || d.size() - ifd < 2) return false;
+        t.count = t.u16(d, ifd);
+        t.first = ifd + 2;
+        t.step = 12;
+    }
+    return t.count <= d.size() && t.first + t.count * t.step <= d.size();
+}
+
+// engine.preprocess._tiff_bytes_per_pixel: SamplesPerPixel x the widest BitsPerSample in bytes; 8 when unreadable.
+long long tiff_bytes_per_pixel(const std::vector<uint8_t>& d) {
+    TiffIfd t;
+    if (!tiff_ifd(d, t)) return 8;
+    long long samples = 1, bits = 8;
+    const size_t inline_bytes = t.big ? 8 : 4;
+    for (uint64_t k = 0; k < t.count; ++k) {
+        size_t at = t.first + k * t.step;
+        uint32_t tag = t.u16(d, at), kind = t.u16(d, at + 2);
+        uint64_t n = t.big ? t.u64(d, at + 4) : t.u32(d, at + 4);
+        size_t value_at = at + (t.big ? 12 : 8);
+        if (tag == 277 && kind == 3 && n >= 1) {
+            samples = t.u16(d, value_at);
+        } else if (tag == 258 && kind == 3 && n >= 1 && n <= 64) {
+            uint64_t where = 2 * n <= inline_bytes ? value_at : (t.big ? t.u64(d, value_at) : t.u32(d, value_at));
+            if (where > d.size() || d.size() - where < 2 * n) return 8;
+            bits = 0;
+            for (uint64_t j = 0; j < n; ++j) bits = std::max<long long>(bits, t.u16(d, where + 2 * j));
+        }
+    }
+    return std::max<long long>(1, samples) * std::max<long long>(1, (bits + 7) / 8);
+}
+
 // First IFD (the page OpenCV decodes); tiles are allocated whole, so huge tiles are refused too.
 Size tiff_size(const std::vector<uint8_t>& d, const std::string& source) {
-    bool little = d[0] == 'I';
-    auto u16 = [&](size_t at) { return little ? le16(&d[at]) : be16(&d[at]); };
-    auto u32 = [&](size_t at) { return little ? le32(&d[at]) : be32(&d[at]); };
-    auto u64 = [&](size_t at) {
-        uint64_t a = u32(at), b = u32(at + 4);
-        return little ? (b << 32 | a) : (a << 32 | b);
-    };
-    bool big = d[2] == '+' || d[3] == '+';
-    uint64_t ifd, count, first, step;
-    if (big) {
-        if (d.size() < 16) return NO_SIZE;
-        ifd = u64(8);
-        if (ifd > d.size() || d.size() - ifd < 8) return NO_SIZE;
-        count = u64(ifd);
-        first = ifd + 8;
-        step = 20;
-    } else {
-        if (d.size() < 8) return NO_SIZE;
-        ifd = u32(4);
-        if (ifd > d.size() || d.size() - ifd < 2) return NO_SIZE;
-        count = u16(ifd);
-        first = ifd + 2;
-        step = 12;
-    }
-    if (count > d.size() || first + count * step > d.size()) return NO_SIZE;
+    TiffIfd t;
+    if (!tiff_ifd(d, t)) return NO_SIZE;
+    const bool big = t.big;
+    const uint64_t first = t.first, count = t.count, step = t.step;
+    auto u16 = [&](size_t at) { return t.u16(d, at); };
+    auto u32 = [&](size_t at) { return t.u32(d, at); };
+    auto u64 = [&](size_t at) { return t.u64(d, at); };
     long long tags[4] = {-1, -1, 0, 0};  // width, length, tile width, tile length
     for (uint64_t k = 0; k < count; ++k) {
         size_t at = first + k * step;
@@ -303,6 +342,44 @@ Size pfm_size(const std::vector<uint8_t>& d) {
     while (pos < end && pos - start <= 40 && (std::isdigit(d[pos]) || std::strchr(".eE+-", d[pos]))) ++pos;
     if (pos == start || pos >= end || !is_space(d[pos])) return NO_SIZE;
     return {v[0], v[1]};
+}
+
+// A PAM header field ("DEPTH", "MAXVAL") as written; "" when absent.
+std::string pam_field(const std::vector<uint8_t>& d, const std::string& want) {
+    size_t pos = 3, end = std::min<size_t>(d.size(), 64 * 1024);
+    while (pos < end) {
+        size_t nl = pos;
+        while (nl < end && d[nl] != '\n') ++nl;
+        std::string line(d.begin() + static_cast<long>(pos), d.begin() + static_cast<long>(nl));
+        pos = nl + 1;
+        if (line == "ENDHDR") break;
+        auto sp = line.find(' ');
+        if (sp == std::string::npos || line.substr(0, sp) != want) continue;
+        std::string value = line.substr(sp + 1);
+        size_t a = value.find_first_not_of(" \t\r"), b = value.find_last_not_of(" \t\r");
+        return a == std::string::npos ? "" : value.substr(a, b - a + 1);
+    }
+    return "";
+}
+
+bool all_digits(const std::string& s) { return !s.empty() && s.find_first_not_of("0123456789") == std::string::npos; }
+
+// engine.preprocess._bytes_per_pixel: what OpenCV allocates per pixel before the conversion to 8-bit RGB.
+long long bytes_per_pixel(const std::vector<uint8_t>& d, const std::string& fmt) {
+    if (fmt == "TIFF") return tiff_bytes_per_pixel(d);
+    if (fmt == "HDR" || fmt == "PFM") return 12;  // float32 RGB
+    if (fmt == "PAM") {
+        std::string depth = pam_field(d, "DEPTH"), maxval = pam_field(d, "MAXVAL");
+        long long channels = all_digits(depth) && depth.size() <= 2 ? std::stoll(depth) : 4;
+        bool wide = !all_digits(maxval) || maxval.size() > 9 || std::stoll(maxval) > 255;
+        return std::max<long long>(1, channels) * (wide ? 2 : 1);
+    }
+    if (fmt == "PNG" && d.size() >= 26) {
+        long long channels = d[25] == 0 ? 1 : d[25] == 2 || d[25] == 3 ? 3 : d[25] == 4 ? 2 : 4;
+        return channels * (d[24] == 16 ? 2 : 1);
+    }
+    if (fmt == "JPEG2000" || fmt == "PPM") return 8;  // up to 16 bits per sample
+    return 4;  // 8-bit, up to 4 channels
 }
 
 }  // namespace
@@ -459,6 +536,15 @@ cv::Mat decode(const std::vector<uint8_t>& data, const std::string& source) {
                     thousands(MAX_PIXELS) + " pixel limit");
     if (w <= 0 || h <= 0)
         throw Error(source + ": image header says " + std::to_string(w) + "x" + std::to_string(h) + ": no pixels");
+    const long long per_pixel = bytes_per_pixel(data, fmt);
+    if (w * h * per_pixel > MAX_DECODED_BYTES) {  // w * h <= MAX_PIXELS here: no overflow
+        char mb[64], limit[64];
+        std::snprintf(mb, sizeof mb, "%.0f", static_cast<double>(w * h * per_pixel) / 1e6);
+        std::snprintf(limit, sizeof limit, "%.0f", MAX_DECODED_BYTES / 1e6);
+        throw Error(source + ": image header says " + std::to_string(w) + "x" + std::to_string(h) + " at " +
+                    std::to_string(per_pixel) + " bytes per pixel, " + thousands(std::atoll(mb)) +
+                    " MB decoded, over the " + thousands(std::atoll(limit)) + " MB limit");
+    }
     if (truncated_jpeg(data)) throw Error(source + ": truncated JPEG (no end-of-image marker)");
     cv::Mat img;
     try {

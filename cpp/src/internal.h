@@ -96,6 +96,7 @@ std::string sidecar_plan_sha256(const std::string& sidecar_json);
 // ------------------------------------------------------------- files and decoding (engine/preprocess.py)
 
 constexpr long long MAX_PIXELS = 50000000;
+constexpr long long MAX_DECODED_BYTES = 200000000;  // engine.preprocess.MAX_DECODED_BYTES, read from the header
 constexpr long long MAX_FILE_BYTES = 256LL * 1024 * 1024;
 constexpr int MIN_SOURCE_SIDE = 8;
 constexpr int BLANK_LEVELS = 2;
@@ -134,6 +135,8 @@ struct Letterbox {
 // A photo with no face found is looked at again in a square this many times its
 // longer side (engine/detect.py RETRY_ZOOM: BlazeFace misses faces that fill the frame).
 constexpr int RETRY_ZOOM = 2;
+// engine/preprocess.py SECOND_LOOK_SIZE: the second look at a face is taken in an aligned crop at least this big.
+constexpr int SECOND_LOOK_SIZE = 112;
 Letterbox letterbox(const cv::Mat& rgb, int size, int zoom = 1);
 // rows: K x 17 (cx, cy, w, h, 6 keypoints, score); returns blended rows, best score first.
 std::vector<std::array<float, 17>> weighted_nms(std::vector<std::array<float, 17>> rows, float iou_threshold);

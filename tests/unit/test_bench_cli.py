@@ -373,3 +373,26 @@ def test_upright_bench_counts_each_rule_on_a_few_lfw_photos(face_data, tmp_path,
     for r in rows.values():  # the runtime's check refuses at least what either rule alone does
         assert max(r["refused_eye_line"], r["refused_tilt"]) <= r["refused"] <= r["detections"] <= r["photos"]
     assert rows["90 clockwise"]["refused"] >= 1 and "largest tilt" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- hostile-input sweep
+
+@pytest.mark.slow
+def test_hostile_sweep_judges_cases_and_finds_no_failures(tmp_path, capsys):
+    """A slice of `python -m bench.hostile` (docs/reliability.md): escaped names and the controls, Python runner."""
+    pytest.importorskip("openvino")
+    from bench.hostile import main as hostile
+
+    rows_file = tmp_path / "rows.json"
+    assert hostile(["--only", "escapes", "--json", str(rows_file)]) == 0
+    rows = json.loads(rows_file.read_text())
+    assert len(rows) == 3 and all(r["as_expected"] and r["outcome"] == "refused" for r in rows)
+    assert all(not (r["traceback"] or r["data_loss"] or r["link_write"] or r["wrong_decision"]) for r in rows)
+    assert "| 8 escapes in names | 3 | 3 | 0 | 0 | 0 | 0 | 0 |" in capsys.readouterr().out
+
+
+def test_hostile_sweep_refuses_a_runner_that_is_not_executable(tmp_path, capsys):
+    from bench.hostile import main as hostile
+
+    assert hostile(["--cpp", str(tmp_path / "missing")]) == 2
+    assert "not an executable C++ runner" in capsys.readouterr().err

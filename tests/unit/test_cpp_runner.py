@@ -37,7 +37,9 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import _STORED_AS, REPO, TAMPERS, face_data_dir, synthetic_face, tampered_model, write_exif_jpeg, write_jpeg
+from conftest import _STORED_AS, REPO, face_data_dir, synthetic_face, write_exif_jpeg, write_jpeg
+
+from bench.hostile import TAMPERS, tampered_model
 
 BUILD = REPO / "build" / "pytest-cpp"
 CLI = BUILD / "faceverify"
@@ -563,3 +565,53 @@ def test_canaries_agree_with_python_on_the_bundled_model(cli, tmp_path):
     with open_backend(None, backend="openvino", precision="fp16") as be:
         py = be.canary_cosine
     assert cpp is not None and abs(cpp - py) < 2e-6, (cpp, py, done.stderr)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind,seed", [("gaussian noise", 778040), ("smooth noise", 779024), ("shapes", 783032)])
+def test_a_noise_image_the_detector_fires_on_is_refused_alike(cli, tmp_path, kind, seed):
+    """Issue 27, class 3: BlazeFace finds a 'face' in these generated images (seeds found by
+    bench.face_gate's sweep); both runtimes refuse them on the second look, with the same line."""
+    from bench.face_gate import non_face
+    from engine.detect import open_detector
+
+    rgb = non_face(kind, seed)
+    detector = open_detector(backend="onnxruntime")
+    try:
+        assert detector.detect(rgb), "the detector no longer fires on this image: pick another seed"
+    finally:
+        detector.close()
+    noise = tmp_path / "noise.png"
+    cv2.imwrite(str(noise), rgb[:, :, ::-1])
+    face = write_jpeg(tmp_path / "face.jpg", synthetic_face(1, 160))
+    env = {**os.environ, "FAKEAWARE_CACHE_DIR": str(tmp_path / "cache")}
+    py = subprocess.run([sys.executable, "-m", "engine.verify", str(noise), str(face)], capture_output=True,
+                        text=True, cwd=REPO, env=env, timeout=300)
+    cpp = subprocess.run([str(cli), str(noise), str(face)], capture_output=True, text=True, env=env, timeout=120)
+    assert py.returncode == 2 and cpp.returncode == 2, (py.stderr, cpp.stderr)
+    py_line = [line for line in error_lines(py.stderr) if "noise.png" in line][0]
+    cpp_line = [line for line in error_lines(cpp.stderr) if "noise.png" in line][0]
+    assert "noise.png: no face found on a second look" in py_line
+    assert "noise.png: no face found on a second look" in cpp_line
+
+
+@pytest.mark.parametrize("name,data", [
+    ("float64.tif", "tiff"),
+    ("wide.pam", b"P7\nWIDTH 7000\nHEIGHT 7000\nDEPTH 4\nMAXVAL 65535\nTUPLTYPE RGB_ALPHA\nENDHDR\n" + bytes(64)),
+])
+def test_decoded_bytes_are_bounded_from_the_header_alike(cli, tmp_path, name, data):
+    """Issue 27, class 6 in C++: a 1.2 GB float64 TIFF or a 392 MB 16-bit PAM is refused from its header, before
+    OpenCV allocates anything, with Python's line."""
+    from bench.hostile import tiff_float64
+
+    path = tmp_path / name
+    path.write_bytes(tiff_float64(7000, 7000) if data == "tiff" else data)
+    face = write_jpeg(tmp_path / "face.jpg", synthetic_face(1, 160))
+    env = {**os.environ, "FAKEAWARE_CACHE_DIR": str(tmp_path / "cache")}
+    py = subprocess.run([sys.executable, "-m", "engine.verify", str(path), str(face)], capture_output=True,
+                        text=True, cwd=REPO, env=env, timeout=300)
+    cpp = subprocess.run([str(cli), str(path), str(face)], capture_output=True, text=True, env=env, timeout=120)
+    assert py.returncode == 2 and cpp.returncode == 2
+    py_line = [line for line in error_lines(py.stderr) if name in line][0].split("error: ", 1)[1]
+    cpp_line = [line for line in error_lines(cpp.stderr) if name in line][0].split("error: ", 1)[1]
+    assert "MB decoded, over the 200 MB limit" in cpp_line and py_line.split(";")[0] == cpp_line.split(";")[0]

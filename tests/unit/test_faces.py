@@ -286,13 +286,16 @@ def test_datasets_check_faces_lists_images_without_a_face(face_data, tmp_path, c
     assert "2 of 3 images with a usable face" in out and "bob/2.png: no face found" in err
 
 
-def test_cli_align_none_keeps_the_centre_crop(face_data, tmp_path):
-    """--align none: no detector, so noise is not refused (the crop contract for pre-aligned data)."""
+def test_cli_align_none_refuses_crops_without_a_face(face_data, tmp_path):
+    """--align none centre-crops (the contract for pre-aligned data) but still needs a face in the crop:
+    two noise images scored 0.947, "same person", before (issue 27, class 3)."""
     rng = np.random.default_rng(2)
     for name in ("n1.png", "n2.png"):
         cv2.imwrite(str(tmp_path / name), rng.integers(0, 256, (250, 250, 3), dtype=np.uint8))
     code, out, err = _verify(tmp_path / "n1.png", tmp_path / "n2.png", "--align", "none")
-    assert code in (0, 1) and "detection" not in out and "alignment none" in err
+    assert code == 2 and "n1.png: no face found in the crop (--align none is for face crops)" in err
+    code, out, err = _verify(_lfw(face_data), _lfw(face_data), "--align", "none")
+    assert code == 0 and "detection" not in out and "alignment none" in err
 
 
 def test_warmed_detectors_go_one_per_thread_and_close_with_the_preprocessor():

@@ -12,7 +12,9 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, TAMPERS, synthetic_face, tampered_model, write_jpeg
+from conftest import REPO, synthetic_face, write_jpeg
+
+from bench.hostile import TAMPERS, tampered_model
 
 from engine.backends import BackendError, open_backend
 from engine.contract import ContractError
