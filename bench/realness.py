@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     from engine.datasets import DataError, read_dfdc_faces, split_by_identity
     from engine.embedder import Embedder
     from engine.metrics import roc_auc
-    from engine.serve import realness
+    from engine.api import realness
 
     ap = argparse.ArgumentParser(prog="python -m bench.realness", description=__doc__.split("\n\n")[0])
     ap.add_argument("--dfdc", required=True, help="DFDC face-crop folder (faces.csv, real/, fake/)")

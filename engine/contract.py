@@ -30,7 +30,12 @@ PIXEL_MEAN = (127.5, 127.5, 127.5)
 PIXEL_STD = (127.5, 127.5, 127.5)
 
 
-class ContractError(ValueError):
+class ModelError(Exception):
+    """A model that cannot be used here (the Python API's one type for it): :class:`ContractError` for its files,
+    ``engine.backends.BackendError`` for the backend that would run it."""
+
+
+class ContractError(ModelError, ValueError):
     """A model file or config that breaks the contract; the message names it."""
 
 

@@ -73,21 +73,6 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def realness(embeddings: np.ndarray, weight: float) -> np.ndarray:
-    """The realness coordinate ``t`` in [-1, 1] (+1 real, -1 fake) of each embedding, or NaN without one.
-
-    The model's last output is ``a t / sqrt(1 + a^2 t^2)`` (a unit identity
-    vector and ``a t`` L2-normalised together, see ``nets.model.FaceEmbedder``),
-    so ``t = e / (a sqrt(1 - e^2))``.
-    """
-    emb = np.asarray(embeddings, dtype=np.float64)
-    if weight <= 0 or emb.ndim != 2 or emb.shape[1] < 2:
-        return np.full(len(emb), np.nan)
-    e = emb[:, -1]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.clip(e / (weight * np.sqrt(np.maximum(1.0 - e * e, 1e-12))), -1.0, 1.0)
-
-
 @dataclass
 class Row:
     """One image of a request, as it goes through the service: a model input or the reason it has none."""
@@ -126,21 +111,12 @@ class FaceService:
     # ---------------------------------------------------------------- images -> rows -> embeddings
 
     def _prepare(self, item, source: str) -> Row:
-        """Bytes or an RGB array -> a model input, checked before any decoding; never raises."""
-        from engine.preprocess import MAX_PIXELS, MIN_SOURCE_SIDE, ImageError, decode
+        """Bytes or an RGB array -> a model input, checked before any decoding (engine.api.to_rgb); never raises."""
+        from engine.api import to_rgb
+        from engine.preprocess import ImageError
 
         try:
-            if isinstance(item, (bytes, bytearray, memoryview)):
-                if len(item) > self.max_image_bytes:
-                    return Row(error=f"{source}: {len(item):,} bytes, over the server's limit of "
-                                     f"{self.max_image_bytes:,} bytes per image")
-                rgb = decode(bytes(item), source)
-            else:
-                h, w = item.shape[:2]
-                if h * w > MAX_PIXELS or min(h, w) < MIN_SOURCE_SIDE:
-                    return Row(error=f"{source}: pixels are {w}x{h}; expected {MIN_SOURCE_SIDE} px to "
-                                     f"{MAX_PIXELS:,} pixels")
-                rgb = np.ascontiguousarray(item)
+            rgb = to_rgb(item, source, self.max_image_bytes, "the server's limit")
             prepared = self.preprocessor.prepare(rgb, source)
             box = tuple(float(v) for v in prepared.face.box) if prepared.face is not None else None
             return Row(prepared.image, box)
@@ -208,6 +184,7 @@ class FaceService:
 
     def verify(self, requests: list) -> list[dict]:
         """Triton callable of ``verify``: one decision per pair, as ``engine.verify`` decides it."""
+        from engine.api import realness
         from engine.verify import cosine
 
         pairs = []

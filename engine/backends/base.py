@@ -16,8 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.contract import ModelError
 
-class BackendError(RuntimeError):
+
+class BackendError(ModelError, RuntimeError):
     """A backend cannot be opened or run here; the message says why and what to do."""
 
 

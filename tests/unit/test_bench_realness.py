@@ -51,7 +51,7 @@ def test_realness_bench_decides_fake_vs_source_pairs_at_the_threshold(realness_m
     from bench.realness import main
     from engine.backends import open_backend
     from engine.datasets import read_dfdc_faces, split_by_identity
-    from engine.serve import realness
+    from engine.api import realness
 
     dfdc = _dfdc_folder(tmp_path / "dfdc", n=10)
     out = tmp_path / "r.json"

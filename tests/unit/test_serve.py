@@ -33,7 +33,8 @@ from conftest import REPO, face_data_dir
 tritonclient_http = pytest.importorskip("tritonclient.http", reason="tritonclient is not installed (pip install '.[serve]')")
 
 from engine.client import FaceClient, ServeError, read_metrics  # noqa: E402
-from engine.serve import build_parser, free_port, main, realness  # noqa: E402
+from engine.api import realness  # noqa: E402
+from engine.serve import build_parser, free_port, main  # noqa: E402
 
 # PyTriton (its tritonserver binary) with the NumPy 1.x its stub needs, over this environment's packages.
 OVERLAY = ("nvidia-pytriton>=0.7", "numpy==1.26.4", "ml_dtypes==0.5.4", "protobuf>=6.30,<7")
