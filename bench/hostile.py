@@ -12,7 +12,7 @@ process, and judges what happened against the product's rules:
   or vanished;
 * **write through a link**: the target of a planted symlink changed;
 * **resources**: over 30 s wall time or 1 GiB peak memory (the child's
-  ``ru_maxrss``).
+  VmHWM, polled every 10 ms).
 
 A refusal is exit 2 with one ``error:`` line. The table it prints (``--markdown``)
 is docs/reliability.md's::
@@ -59,8 +59,24 @@ def digest(path: Path) -> str | None:
         return None
 
 
+def _hwm(pid: int) -> int:
+    """The process's peak resident memory so far (VmHWM, bytes); 0 once it is gone.
+
+    Read from /proc while it runs: the rusage of a child forked from a large
+    process (pytest) counts the parent's pages from before the exec.
+    """
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 def run_case(case: Case, cwd: Path) -> dict:
-    """Run one case in a child process; its output goes to files and it is reaped with wait4 (for its rusage)."""
+    """Run one case in a child process (output to files), polling its peak memory until it exits."""
     before = {p: digest(p) for p in case.protect + case.links}
     env = {**os.environ, "PYTHONPATH": str(REPO), "FAKEAWARE_CACHE_DIR": str(cwd / ".cache")}
     with tempfile.TemporaryFile() as out_f, tempfile.TemporaryFile() as err_f:
@@ -68,16 +84,17 @@ def run_case(case: Case, cwd: Path) -> dict:
         start = time.perf_counter()
         proc = subprocess.Popen(case.argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=err_f,
                                 preexec_fn=(lambda: os.close(1)) if case.stdout_to == "closed" else None)
-        status, usage = 0, None
+        status, peak = 0, 0
         while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            peak = max(peak, _hwm(proc.pid))
+            pid, status, _ = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
             if time.perf_counter() - start > 120:
                 proc.kill()
-                _, status, usage = os.wait4(proc.pid, 0)
+                _, status, _ = os.wait4(proc.pid, 0)
                 break
-            time.sleep(0.02)
+            time.sleep(0.01)
         proc.returncode = os.waitstatus_to_exitcode(status)
         seconds = time.perf_counter() - start
         if stdout is not out_f:
@@ -86,7 +103,7 @@ def run_case(case: Case, cwd: Path) -> dict:
         err_f.seek(0)
         out_text = out_f.read().decode("utf-8", "replace")
         err_text = err_f.read().decode("utf-8", "replace")
-    rss = usage.ru_maxrss * 1024 if usage else None
+    rss = peak or None
     errors = [line for line in err_text.splitlines() if "error:" in line]
     rc = proc.returncode
     outcome = "refused" if rc == 2 and len(errors) == 1 else ("decided" if rc in (0, 1) else f"exit {rc}")
@@ -303,8 +320,9 @@ def cases(work: Path, cpp: Path | None) -> list[Case]:
         out += [
             Case("4/5 outputs", "--dump-embeddings over an input image (c++)",
                  [str(cpp), "--dump-embeddings", str(a), str(a), str(b)], protect=[a]),
+            # the C++ runner refuses a link outright (Python's --out replaces the link itself): neither writes through
             Case("4/5 outputs", "--dump-embeddings over a planted symlink (c++)",
-                 [str(cpp), "--dump-embeddings", str(link2), str(a), str(b)], expect="decided", links=[bystander]),
+                 [str(cpp), "--dump-embeddings", str(link2), str(a), str(b)], links=[bystander]),
             Case("4/5 outputs", "--dump-crops into a file (c++)",
                  [str(cpp), "--embed", str(a), "--dump-crops", str(bystander)], protect=[bystander]),
             Case("7 output failures", "result to /dev/full (c++)", [str(cpp), str(a), str(b)], stdout_to="full"),

@@ -24,15 +24,11 @@ from engine.files import printable
 
 
 def generated_image(seed: int, size: int = 128) -> np.ndarray:
-    """A deterministic smooth RGB image (blurred noise + a bright ellipse): decodes and resizes like a photo."""
-    import cv2
+    """A deterministic drawing of a face (engine.canary's): decodes and resizes like a photo, and passes the
+    runtime's face-quality gate as a real face does (noise would be refused before the model)."""
+    from engine.canary import canary_images
 
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (size // 8, size // 8, 3), dtype=np.uint8)
-    img = cv2.resize(small, (size, size), interpolation=cv2.INTER_CUBIC)
-    cv2.ellipse(img, (size // 2, size // 2), (size // 4, size // 3), 0, 0, 360,
-                tuple(int(v) for v in rng.integers(120, 255, 3)), -1)
-    return img
+    return canary_images(size, 1, seed)[0]
 
 
 def write_images(folder: Path, count: int, size: int = 128, seed: int = 0) -> list[Path]:

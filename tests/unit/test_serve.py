@@ -55,11 +55,21 @@ def serve_python(tmp_path_factory):
     ok, why = _can_serve(sys.executable)
     if ok:
         return sys.executable
+    import site
+    import sysconfig
     import venv
 
     env = tmp_path_factory.mktemp("serve-venv")
-    venv.create(env, with_pip=True, system_site_packages=True)
+    venv.create(env, with_pip=True)
     py = env / "bin" / "python"
+    # Over *this* interpreter's packages, whichever it is (a user's venv, conda, CI's system Python):
+    # system_site_packages would expose the base interpreter's instead. addsitedir appends them after
+    # the overlay's own site-packages (its NumPy 1 wins) and runs their .pth files (editable installs).
+    parents = [*site.getsitepackages(), site.getusersitepackages(), sysconfig.get_paths()["purelib"]]
+    overlay = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                  capture_output=True, text=True, check=True).stdout.strip())
+    (overlay / "zz_parent_env.pth").write_text("".join(
+        f"import site; site.addsitedir({p!r})\n" for p in dict.fromkeys(parents) if Path(p).is_dir()))
     done = subprocess.run([str(py), "-m", "pip", "install", "-q", *OVERLAY], capture_output=True, text=True,
                           timeout=900)
     if done.returncode != 0:
