@@ -35,7 +35,7 @@ from engine.backends import BackendError
 from engine.contract import ContractError, ModelError
 from engine.preprocess import ImageError, NoFaceError
 
-__all__ = ["FaceVerifier", "Verification", "ImageError", "NoFaceError", "ModelError", "realness", "to_rgb"]
+__all__ = ["FaceVerifier", "Verification", "ImageError", "NoFaceError", "ModelError", "decide", "realness", "to_rgb"]
 
 
 def realness(embeddings: np.ndarray, weight: float) -> np.ndarray:
@@ -90,6 +90,22 @@ class Verification:
     realness: tuple[float, float]  # per image, +1 real ... -1 fake (NaN for a model without the coordinate)
     faces: tuple = (None, None)    # engine.detect.Face per image: box, score, keypoints
     warnings: tuple[str, ...] = field(default=())
+
+
+def decide(embeddings: np.ndarray, threshold: float, weight: float) -> Verification:
+    """The decision for a pair of embeddings (rows 0 and 1): the one rule the API, the CLI and the server share.
+
+    ``match`` is ``similarity >= threshold``; ``looks_fake`` marks a refusal
+    that the realness coordinate explains (one image looks synthetic, for a
+    model with the coordinate, ``weight > 0``). Raises ValueError when the
+    similarity is not finite (a zero or non-finite embedding): never a decision.
+    """
+    sim = FaceVerifier.compare(embeddings[0], embeddings[1])
+    real = realness(np.asarray(embeddings)[:2], weight)
+    match = sim >= threshold
+    return Verification(similarity=sim, match=bool(match), threshold=float(threshold),
+                        looks_fake=bool(not match and weight > 0 and np.nanmin(real) < 0),
+                        realness=(float(real[0]), float(real[1])))
 
 
 class FaceVerifier:
@@ -150,17 +166,13 @@ class FaceVerifier:
 
     def verify(self, image_a, image_b) -> Verification:
         """Same person or not, as ``python -m engine.verify A B`` decides it."""
+        import dataclasses
+
         with self._lock:
             prepared = self._prepared([image_a, image_b])
             emb = self._embed(prepared)
-        sim = self.compare(emb[0], emb[1])
-        real = realness(emb, self._weight)
-        match = sim >= self.threshold
-        return Verification(similarity=sim, match=bool(match), threshold=self.threshold,
-                            looks_fake=bool(not match and self._weight > 0 and np.nanmin(real) < 0),
-                            realness=(float(real[0]), float(real[1])),
-                            faces=tuple(p.face for p in prepared),
-                            warnings=tuple(w for p in prepared for w in p.warnings))
+        return dataclasses.replace(decide(emb, self.threshold, self._weight), faces=tuple(p.face for p in prepared),
+                                   warnings=tuple(w for p in prepared for w in p.warnings))
 
     @staticmethod
     def compare(embedding_a, embedding_b) -> float:

@@ -184,7 +184,7 @@ class FaceService:
 
     def verify(self, requests: list) -> list[dict]:
         """Triton callable of ``verify``: one decision per pair, as ``engine.verify`` decides it."""
-        from engine.api import realness
+        from engine.api import decide, realness
         from engine.verify import cosine
 
         pairs = []
@@ -218,11 +218,11 @@ class FaceService:
                     elif self.threshold is None:
                         errors[i] = "no decision threshold: the model's model.json has none; start with --threshold"
                         sim[i] = s
-                    else:
-                        sim[i] = s
-                        decision[i] = "match" if s >= self.threshold else "no_match"
-                        # A refusal that the realness coordinate explains: one side looks synthetic.
-                        fake[i] = decision[i] == "no_match" and weight > 0 and bool(np.nanmin(rl[i]) < 0)
+                    else:  # the decision rule of the Python API and the CLI (engine.api.decide)
+                        verdict = decide(emb[k:k + 2], self.threshold, weight)
+                        sim[i] = verdict.similarity
+                        decision[i] = "match" if verdict.match else "no_match"
+                        fake[i] = verdict.looks_fake
                 k += 2
             thr = np.full((n, 1), np.nan if self.threshold is None else self.threshold, np.float32)
             out.append({"similarity": sim.reshape(n, 1), "decision": _bytes_column(decision), "threshold": thr,

@@ -356,18 +356,27 @@ def _describe(be) -> dict:
 
 
 def _two_images(embedder, image_a, image_b, thr, json_output) -> int:
+    from engine.api import decide
+
     res = embedder.embed_paths([image_a, image_b], desc="images")
     if res.failures:
         raise VerificationError("; ".join(str(f) for f in res.failures))
     for warning in res.warnings:
         _err(f"warning: {warning}")
-    sim = float(cosine(res.embeddings[:1], res.embeddings[1:])[0])
-    if not math.isfinite(sim):  # a zero or non-finite embedding: no decision can be read from it
-        raise VerificationError(f"{image_a}, {image_b}: similarity is {sim}: the model returned a zero or non-finite "
-                         f"embedding")
-    match = None if thr is None else bool(sim >= thr)
+    weight = embedder.backend.config.realness_weight
+    try:  # the decision rule of the Python API and the server (engine.api.decide)
+        verdict = decide(res.embeddings, thr if thr is not None else 1.0, weight)
+    except ValueError:  # a zero or non-finite embedding: no decision can be read from it
+        sim = float(cosine(res.embeddings[:1], res.embeddings[1:])[0])
+        raise VerificationError(f"{image_a}, {image_b}: similarity is {sim}: the model returned a zero or "
+                                f"non-finite embedding") from None
+    sim = verdict.similarity
+    match = None if thr is None else verdict.match
     info = {"similarity": sim, "match": match, "threshold": thr, **_describe(embedder.backend),
             "image_a": str(image_a), "image_b": str(image_b)}
+    if weight > 0:  # +1 real ... -1 fake per image; looks_fake: a refusal the coordinate explains
+        info["realness"] = {"image_a": round(verdict.realness[0], 4), "image_b": round(verdict.realness[1], 4)}
+        info["looks_fake"] = bool(match is False and verdict.looks_fake)
     if res.faces:
         info["detection"] = {"image_a": res.faces.get(Path(image_a)), "image_b": res.faces.get(Path(image_b))}
     if res.warnings:
@@ -380,8 +389,8 @@ def _two_images(embedder, image_a, image_b, thr, json_output) -> int:
         if thr is None:
             print("decision:   none (no threshold: the model has none calibrated; pass --threshold)")
         else:
-            verdict = "same person" if match else "different people (or a fake)"
-            print(f"decision:   {verdict} (threshold {thr:.4f})")
+            verdict_text = "same person" if match else "different people (or a fake)"
+            print(f"decision:   {verdict_text} (threshold {thr:.4f})")
     if thr is None:
         _err(f"error: {no_threshold}")
         return EXIT_ERROR

@@ -112,3 +112,26 @@ def test_the_readme_python_example_runs_as_printed(faces, tmp_path):
                           env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
     assert done.returncode == 0, done.stderr
     assert re.fullmatch(r"1\.000 same person \n", done.stdout), done.stdout
+
+
+def test_the_cli_and_the_api_decide_alike(fv, faces):
+    """One rule (engine.api.decide) behind `python -m engine.verify --json` and FaceVerifier.verify."""
+    import json
+
+    done = subprocess.run([sys.executable, "-m", "engine.verify", str(faces[0]), str(faces[1]), "--json"],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    cli = json.loads(done.stdout)
+    api = fv.verify(faces[0], faces[1])
+    assert cli["similarity"] == pytest.approx(api.similarity, abs=1e-6) and cli["match"] == api.match
+    assert cli["looks_fake"] == api.looks_fake
+    assert (cli["realness"]["image_a"], cli["realness"]["image_b"]) == pytest.approx(api.realness, abs=1e-4)
+    assert done.returncode == (0 if api.match else 1)
+
+
+def test_decide_refuses_a_similarity_that_is_not_a_number():
+    from engine.api import decide
+
+    with pytest.raises(ValueError):
+        decide(np.array([[0.0, 0.0], [1.0, 0.0]]), 0.5, 0.0)
+    verdict = decide(np.array([[1.0, 0.0], [0.6, 0.8]]), 0.5, 0.0)
+    assert verdict.similarity == pytest.approx(0.6) and verdict.match and not verdict.looks_fake
