@@ -291,6 +291,11 @@ int two_images(fv_handle* h, const Args& a) {
         info.update(describe(h));
         info["image_a"] = a.images[0];
         info["image_b"] = a.images[1];
+        const double ra = fv_realness(h, emb.data()), rb = fv_realness(h, emb.data() + dim);
+        if (std::isfinite(ra) && std::isfinite(rb)) {  // as engine.api.decide: a refusal the coordinate explains
+            info["realness"] = {{"image_a", std::round(ra * 1e4) / 1e4}, {"image_b", std::round(rb * 1e4) / 1e4}};
+            info["looks_fake"] = has_thr && !match && std::min(ra, rb) < 0;
+        }
         fv_face fa{}, fb{};
         if (fv_last_face(h, 0, &fa) == 0 && fv_last_face(h, 1, &fb) == 0 && (fa.faces || fb.faces))
             info["detection"] = {{"image_a", face_json(fa)}, {"image_b", face_json(fb)}};

@@ -95,6 +95,9 @@ FV_API const char* fv_last_warnings(const fv_handle* handle);
 
 /* Cosine similarity of two embeddings, clipped to [-1, 1]; NaN for a zero or non-finite one. */
 FV_API double fv_similarity(const float* a, const float* b, int dim);
+/* The realness coordinate of one embedding from this model: +1 real ... -1 fake (engine.api.realness);
+ * NaN for a model without one. A refusal with a negative value on either side "looks fake". */
+FV_API double fv_realness(const fv_handle* handle, const float* embedding);
 /* Embed two image files and decide with the model's threshold. 0 on success, -1 on error. */
 FV_API int fv_verify(fv_handle* handle, const char* path_a, const char* path_b, fv_result* result);
 

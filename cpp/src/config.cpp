@@ -245,6 +245,7 @@ ModelConfig parse_model_config(const std::string& body, const std::string& sourc
         c.min_face = number("min_face", get("min_face", 16.0), &zero);
         c.embedding_dim = static_cast<int>(integer("embedding_dim", get("embedding_dim", 512), 1, 65536));
         double weight = number("realness_weight", get("realness_weight", 0.0), &zero);
+        c.realness_weight = weight;
         if (weight > 0 && c.embedding_dim < 2)
             throw Error("realness_weight must be >= 0 (and > 0 needs embedding_dim >= 2), got " + fmt_g(weight) +
                         " with embedding_dim " + std::to_string(c.embedding_dim));

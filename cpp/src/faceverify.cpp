@@ -536,6 +536,15 @@ int fv_last_face(const fv_handle* h, int index, fv_face* face) {
 
 const char* fv_last_warnings(const fv_handle* h) { return h ? h->warnings.c_str() : ""; }
 
+double fv_realness(const fv_handle* h, const float* embedding) {
+    // engine.api.realness: the last output is a t / sqrt(1 + a^2 t^2), so t = e / (a sqrt(1 - e^2)).
+    const double weight = h ? h->config.realness_weight : 0.0;
+    if (!h || !embedding || weight <= 0 || h->config.embedding_dim < 2) return std::numeric_limits<double>::quiet_NaN();
+    const double e = embedding[h->config.embedding_dim - 1];
+    const double t = e / (weight * std::sqrt(std::max(1.0 - e * e, 1e-12)));
+    return std::isfinite(t) ? std::max(-1.0, std::min(1.0, t)) : std::numeric_limits<double>::quiet_NaN();
+}
+
 double fv_similarity(const float* a, const float* b, int dim) {
     if (!a || !b || dim <= 0) return std::numeric_limits<double>::quiet_NaN();
     double dot = 0, na = 0, nb = 0;

@@ -52,6 +52,7 @@ struct ModelConfig {
     std::string output_name = "embeddings";
     bool has_threshold = false;
     double threshold = 0.0;
+    double realness_weight = 0.0;  // > 0: the embedding's last coordinate carries realness (engine.api.realness)
     bool has_digests = false;                    // extra.onnx_sha256 present (a folder convert made)
     std::map<std::string, std::string> digests;  // file name -> lower-case hex SHA-256
     Canary canary;

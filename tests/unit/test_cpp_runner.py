@@ -250,7 +250,7 @@ def test_two_image_cli_matches_python(cli, photos, compared):
         if abs(sim_py - threshold) > tol:
             assert info["match"] == (sim_py >= threshold)
         assert {"similarity", "match", "threshold", "backend", "precision", "device", "model", "image_a",
-                "image_b", "detection"} <= set(info)
+                "image_b", "detection", "realness", "looks_fake"} <= set(info)
         assert info["detection"]["image_a"]["faces"] >= 1 and set(info["detection"]["image_a"]["face"]) == \
             {"box", "score", "size", "keypoints"}
     text = run_cli(cli, photos[0], photos[1], "--precision", precision)
@@ -615,3 +615,30 @@ def test_decoded_bytes_are_bounded_from_the_header_alike(cli, tmp_path, name, da
     py_line = [line for line in error_lines(py.stderr) if name in line][0].split("error: ", 1)[1]
     cpp_line = [line for line in error_lines(cpp.stderr) if name in line][0].split("error: ", 1)[1]
     assert "MB decoded, over the 200 MB limit" in cpp_line and py_line.split(";")[0] == cpp_line.split(";")[0]
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_realness_and_looks_fake_match_python_on_real_deepfakes(cli, face_data):
+    """DFDC fakes beside the faces they were made from: each runtime's realness per image and looks_fake agree."""
+    import csv
+
+    root = face_data / "dfdc-faces"
+    if not (root / "faces.csv").is_file():
+        pytest.skip(f"DFDC faces not found at {root}")
+    with open(root / "faces.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["label"] == "fake"][:6]
+    seen_fake = 0
+    for row in rows:
+        a, b = root / row["made_from"], root / row["file"]
+        cpp = run_cli(cli, "--json", a, b)
+        py = subprocess.run([sys.executable, "-m", "engine.verify", "--json", str(a), str(b)], capture_output=True,
+                            text=True, cwd=REPO, timeout=300)
+        if cpp.returncode == 2 or py.returncode == 2:  # no face in a frame: both must say so
+            assert cpp.returncode == py.returncode == 2
+            continue
+        c, p = json.loads(cpp.stdout), json.loads(py.stdout)
+        assert c["looks_fake"] == p["looks_fake"] and c["match"] == p["match"]
+        assert c["realness"]["image_b"] == pytest.approx(p["realness"]["image_b"], abs=2e-3)
+        seen_fake += p["looks_fake"]
+    assert seen_fake >= 1, "no fake among six was flagged: the case tests nothing"
