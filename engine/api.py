@@ -159,10 +159,13 @@ class FaceVerifier:
         Raises for the first image that cannot be embedded, naming it.
         """
         with self._lock:
-            prepared = self._prepared(images)
-            if not prepared:
-                return np.zeros((0, self._backend.embedding_dim), np.float32)
-            return self._embed(prepared)
+            return self._embed_images(images)
+
+    def _embed_images(self, images) -> np.ndarray:  # the caller holds the lock
+        prepared = self._prepared(images)
+        if not prepared:
+            return np.zeros((0, self._backend.embedding_dim), np.float32)
+        return self._embed(prepared)
 
     def verify(self, image_a, image_b) -> Verification:
         """Same person or not, as ``python -m engine.verify A B`` decides it."""
@@ -173,6 +176,36 @@ class FaceVerifier:
             emb = self._embed(prepared)
         return dataclasses.replace(decide(emb, self.threshold, self._weight), faces=tuple(p.face for p in prepared),
                                    warnings=tuple(w for p in prepared for w in p.warnings))
+
+    def verify_video(self, reference, clip, fps: float = 5.0, frames: int = 60):
+        """``reference`` (an image) against the person in the video file ``clip``: frames sampled at ``fps``
+        (at most ``frames``), each decided as a photo, aggregated so one frame cannot flip it
+        (:class:`engine.video.ClipVerification`, with the per-frame timeline)."""
+        from engine.video import Frame, aggregate, sample_frames
+
+        with self._lock:
+            ref = self._embed_images(reference)[0]
+            _, sampled = sample_frames(clip, fps, frames)
+            timeline, crops = [], []
+            for seconds, rgb in sampled:  # each frame as a photo is prepared; a frame without a face is listed
+                try:
+                    prepared = self._preprocessor.prepare(rgb, f"{clip} at {seconds:.2f} s")
+                except NoFaceError as exc:
+                    timeline.append(Frame(round(seconds, 3), False, error=str(exc).split(": ", 1)[-1]))
+                    continue
+                box = [round(float(v), 1) for v in prepared.face.box] if prepared.face is not None else None
+                timeline.append(Frame(round(seconds, 3), True, box=box))
+                crops.append(prepared)
+            embeddings = self._embed(crops) if crops else np.zeros((0, len(ref)), np.float32)
+        for frame, emb in zip((f for f in timeline if f.face), embeddings):
+            verdict = decide(np.stack([ref, emb]), self.threshold, self._weight)
+            frame.similarity, frame.match = round(verdict.similarity, 6), verdict.match
+            frame.realness = None if math.isnan(verdict.realness[1]) else round(verdict.realness[1], 4)
+            frame.looks_fake = bool(self._weight > 0 and verdict.realness[1] < 0)
+        try:
+            return aggregate(timeline, embeddings, self.threshold)
+        except NoFaceError as exc:
+            raise NoFaceError(f"{clip}: {exc}") from None
 
     @staticmethod
     def compare(embedding_a, embedding_b) -> float:

@@ -95,7 +95,8 @@ def verify(image_a=None, image_b=None, *, pairs=None, out=None, labels=None, lfw
            json_output: bool = False, model=None, backend: str = "auto", precision: str | None = None,
            device: str | None = None, threshold: float | None = None, batch_size: int | None = None,
            workers: int | None = None, strict: bool = False, cache=None, bootstrap: int = 1000,
-           progress: bool = True, align: str | None = None) -> int:
+           progress: bool = True, align: str | None = None, fps: float | None = None,
+           frames: int | None = None) -> int:
     """Run one verification job (see the module docstring); returns the process exit code.
 
     Every failure, expected or not, ends here as exit 2 (130 for Ctrl-C) with
@@ -108,7 +109,7 @@ def verify(image_a=None, image_b=None, *, pairs=None, out=None, labels=None, lfw
                     lfw_folds=lfw_folds, report=report, json_output=json_output, model=model, backend=backend,
                     precision=precision, device=device, threshold=threshold, batch_size=batch_size,
                     workers=workers, strict=strict, cache=cache, bootstrap=bootstrap, progress=progress,
-                    align=align)
+                    align=align, fps=fps, frames=frames)
     except KeyboardInterrupt:
         return _fail("interrupted", json_output, EXIT_INTERRUPTED)
     except MemoryError as exc:
@@ -146,12 +147,22 @@ def _fail(message: str, json_output: bool, code: int | None = None) -> int:
 
 
 def _run(image_a, image_b, *, pairs, out, labels, lfw, lfw_pairs, lfw_folds, report, json_output, model, backend,
-         precision, device, threshold, batch_size, workers, strict, cache, bootstrap, progress, align) -> int:
+         precision, device, threshold, batch_size, workers, strict, cache, bootstrap, progress, align,
+         fps=None, frames=None) -> int:
     from engine.backends import open_backend
     from engine.embedder import Embedder
     from engine.preprocess import check_file
 
     mode = _check_usage(image_a, image_b, pairs, out, labels, lfw, lfw_pairs, report)
+    if mode == "images":
+        from engine.video import looks_like_video
+
+        clips = [p for p in (image_a, image_b) if looks_like_video(p)]
+        if clips:
+            return _clip(image_a, image_b, clips, json_output=json_output, model=model, backend=backend,
+                         precision=precision, device=device, threshold=threshold, fps=fps, frames=frames)
+    if fps is not None or frames is not None:
+        raise UsageError("--fps and --frames are for a video clip (IMG_A PHOTO CLIP)")
     if threshold is not None and not (math.isfinite(threshold) and -1.0 <= threshold <= 1.0):
         # a cosine threshold outside [-1, 1] decides every pair the same way, whatever the photos
         raise UsageError(f"--threshold must be a cosine similarity in [-1, 1], got {threshold}")
@@ -397,6 +408,48 @@ def _two_images(embedder, image_a, image_b, thr, json_output) -> int:
     return EXIT_MATCH if match else EXIT_NO_MATCH
 
 
+def _clip(image_a, image_b, clips, *, json_output, model, backend, precision, device, threshold, fps, frames) -> int:
+    """A reference photo against the person in a video clip (engine.video): one decision, and the timeline."""
+    from engine.api import FaceVerifier
+    from engine.video import DEFAULT_FPS, DEFAULT_MAX_FRAMES, MAX_FRAMES
+
+    if len(clips) == 2:
+        raise UsageError("compare a photo with a clip: two clips are not supported yet")
+    fps = DEFAULT_FPS if fps is None else fps
+    frames = DEFAULT_MAX_FRAMES if frames is None else frames
+    if not (math.isfinite(fps) and 0 < fps <= 60):
+        raise UsageError(f"--fps must be in (0, 60], got {fps}")
+    if not 1 <= frames <= MAX_FRAMES:
+        raise UsageError(f"--frames must be in [1, {MAX_FRAMES}], got {frames}")
+    if threshold is not None and not (math.isfinite(threshold) and -1.0 <= threshold <= 1.0):
+        raise UsageError(f"--threshold must be a cosine similarity in [-1, 1], got {threshold}")
+    clip = clips[0]
+    photo = image_b if clip == image_a else image_a
+    from engine.preprocess import check_file
+    from engine.video import probe
+
+    check_file(photo)
+    probe(clip)[0].release()  # the clip's header is checked before the model opens
+    with FaceVerifier(model, backend=backend, precision=precision, device=device, threshold=threshold) as fv:
+        result = fv.verify_video(photo, clip, fps, frames)
+        backend_info = _describe(fv._backend)
+    info = {"match": result.match, "threshold": result.threshold, "photo": str(photo), "clip": str(clip),
+            **{k: v for k, v in result.to_dict().items() if k not in ("match", "threshold", "frames")},
+            **backend_info, "timeline": result.to_dict()["frames"]}
+    if json_output:
+        print(json.dumps(info, allow_nan=False))
+    else:
+        print(f"frames:     {result.faced} with a face of {len(result.frames)} sampled; "
+              f"{result.agree:.0%} match, {result.fake_share:.0%} look fake")
+        print(f"similarity: {result.median_similarity:.4f} (median)")
+        verdict = "same person" if result.match else (
+            "not the same person: the clip looks fake" if result.looks_fake else "different people (or a fake)")
+        print(f"decision:   {verdict} (threshold {result.threshold:.4f})")
+        if result.changes:
+            print(f"warning:    the face changes at {', '.join(f'{t:.2f} s' for t in result.changes)}")
+    return EXIT_MATCH if result.match else EXIT_NO_MATCH
+
+
 def parse_folds(text: str) -> set[int]:
     """``"1"`` or ``"1,3"`` (1-based LFW folds, as in the pairs file) -> 0-based fold ids."""
     try:
@@ -555,6 +608,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="evaluations: bootstrap resamples for "
                    "the EER's 95%% confidence interval, 0 = none (default: %(default)s)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+    p.add_argument("--fps", type=float, help="with a video clip (MP4, MOV, WebM, AVI) as IMG_A or IMG_B: frames "
+                   "sampled per second (default 5)")
+    p.add_argument("--frames", type=int, help="with a video clip: at most this many frames, spread over the clip "
+                   "(default 60)")
     return p
 
 
