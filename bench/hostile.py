@@ -233,7 +233,8 @@ def cases(work: Path, cpp: Path | None) -> list[Case]:
 
     # Class 6/9: files that are not images, or are images too big to decode
     bad = {"empty file": b"", "text": b"hello, not an image\n", "truncated jpeg": a.read_bytes()[:2000],
-           "png 100k x 100k header": png_header(100000, 100000), "16-bit png 20k x 20k header": png_header(20000, 20000, 16),
+           "png 100k x 100k header": png_header(100000, 100000),
+           "16-bit png 20k x 20k header": png_header(20000, 20000, 16),
            "float64 tiff 7000x7000": tiff_float64(7000, 7000), "html": b"<html><body>photo</body></html>",
            "gzip": b"\x1f\x8b\x08\x00" + bytes(100), "random bytes": np.random.default_rng(0).bytes(5000)}
     for name, data in bad.items():
@@ -286,7 +287,8 @@ def cases(work: Path, cpp: Path | None) -> list[Case]:
     garbage.mkdir()
     (garbage / "model.json").write_text("{not json")
     for who, cmd in runners:
-        out.append(Case("2 contract values", f"model.json not JSON ({who})", cmd + ["--model", str(garbage), str(a), str(b)]))
+        out.append(Case("2 contract values", f"model.json not JSON ({who})",
+                        cmd + ["--model", str(garbage), str(a), str(b)]))
 
     # Class 4/5/7: outputs: never over an input, never through a link, failures are exit 2
     pairs = work / "pairs"
@@ -357,7 +359,8 @@ def cases(work: Path, cpp: Path | None) -> list[Case]:
         out.append(Case("6 resources", f"{flag} {value} (python)", py + [flag, value, str(a), str(b)]))
     if cpp:
         for value in ("5", "nan", "-2"):
-            out.append(Case("6 resources", f"--threshold {value} (c++)", [str(cpp), "--threshold", value, str(a), str(b)]))
+            out.append(Case("6 resources", f"--threshold {value} (c++)",
+                            [str(cpp), "--threshold", value, str(a), str(b)]))
     labels = work / "labels.csv"
     labels.write_text("pair_id,label\n00000001,1\n")
     sub = [sys.executable, "-m", "engine.submission", "--labels", str(labels), "--submission"]
@@ -372,6 +375,91 @@ def cases(work: Path, cpp: Path | None) -> list[Case]:
     for who, cmd in runners:
         out.append(Case("controls", f"same person ({who})", cmd + [str(a), str(b)], expect="decided"))
     return out
+
+
+# ------------------------------------------------------------------ the server
+
+def _tree_hwm(pid: int) -> int:
+    """Peak resident memory of a process and its descendants (engine.serve, tritonserver, the Python stub)."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        total += _hwm(p)
+        try:
+            for child in Path(f"/proc/{p}/task/{p}/children").read_text().split():
+                todo.append(int(child))
+        except OSError:
+            pass
+    return total
+
+
+def server_rows(work: Path, serve_python: Path) -> list[dict]:
+    """Start ``python -m engine.serve`` under ``serve_python`` and send it hostile requests; one row each."""
+    import urllib.error
+    import urllib.request
+
+    from bench.face_gate import non_face
+    from engine.client import FaceClient, ServeError
+    from engine.serve import free_port
+
+    a, b = face_photo(work / "sa.jpg", 0), face_photo(work / "sb.jpg", 1)
+    ports = [free_port() for _ in range(3)]
+    argv = [str(serve_python), "-m", "engine.serve", "--http-port", str(ports[0]), "--grpc-port", str(ports[1]),
+            "--metrics-port", str(ports[2]), "--max-image-bytes", "2000000", "--max-request-bytes", "4000000"]
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "FAKEAWARE_CACHE_DIR": str(work / ".cache")})
+    url = f"127.0.0.1:{ports[0]}"
+    noise = cv2.imencode(".png", non_face("gaussian noise", 4243))[1].tobytes()
+    bomb = tiff_float64(7000, 7000)
+    infer = f"http://{url}/v2/models/verify/infer"
+    raw = {"body not JSON": (b"{not json", {}), "inputs not a list": (b'{"inputs": 5}', {}),
+           "body over the limit": (b"x" * 5_000_000, {}),
+           "JSON header not JSON": (b"{no" + b"\0" * 8, {"Inference-Header-Content-Length": "3"})}
+    calls = {"noise vs a face": lambda c: c.verify(noise, a), "float64 TIFF bomb": lambda c: c.verify(bomb, a),
+             "text vs a face": lambda c: c.verify(b"not an image", a), "empty image": lambda c: c.verify(b"", a),
+             "image over --max-image-bytes": lambda c: c.verify(b"\xff\xd8\xff" + bytes(2_100_000), a),
+             "same person (control)": lambda c: c.verify(a, b)}
+    rows = []
+    try:
+        with FaceClient(url) as client:
+            client.wait_ready(180, alive=lambda: proc.poll() is None)
+            for name, (body, headers) in raw.items():
+                start = time.perf_counter()
+                try:
+                    request = urllib.request.Request(infer, data=body, headers=headers)
+                    with urllib.request.urlopen(request, timeout=60) as r:
+                        outcome = f"HTTP {r.status}"
+                except urllib.error.HTTPError as exc:
+                    outcome = "refused" if 400 <= exc.code < 500 else f"HTTP {exc.code}"
+                rows.append(_server_row(name, "refused", outcome, time.perf_counter() - start))
+            for name, call in calls.items():
+                start = time.perf_counter()
+                try:
+                    call(client)
+                    outcome = "decided"
+                except ServeError:
+                    outcome = "refused"
+                expect = "decided" if "control" in name else "refused"
+                rows.append(_server_row(name, expect, outcome, time.perf_counter() - start))
+        peak = _tree_hwm(proc.pid)
+    finally:
+        proc.send_signal(__import__("signal").SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    for row in rows:
+        row["peak_mb"] = round(peak / 2**20, 1)
+        row["over_budget"] = row["seconds"] > MAX_SECONDS or peak > MAX_BYTES
+    return rows
+
+
+def _server_row(name: str, expect: str, outcome: str, seconds: float) -> dict:
+    return {"class": "9 server", "case": f"{name} (server)", "command": "engine.serve", "expect": expect,
+            "outcome": outcome, "exit": None, "seconds": round(seconds, 2), "peak_mb": None, "error": "",
+            "traceback": False, "data_loss": [], "link_write": [],
+            "wrong_decision": expect == "refused" and outcome == "decided",
+            "as_expected": outcome == expect, "over_budget": False}
 
 
 def markdown(rows: list[dict]) -> str:
@@ -402,6 +490,8 @@ def markdown(rows: list[dict]) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.hostile", description=__doc__.split("\n\n")[0])
     p.add_argument("--cpp", type=Path, help="the C++ runner (build/.../faceverify) to include")
+    p.add_argument("--serve-python", type=Path, help="an interpreter that can run `python -m engine.serve` (PyTriton "
+                   "with NumPy 1): adds the server's cases")
     p.add_argument("--only", help="run only cases whose class or name contains this text")
     p.add_argument("--json", type=Path, help="write every row to this JSON file")
     p.add_argument("--markdown", type=Path, help="write the table to this file")
@@ -421,6 +511,8 @@ def main(argv=None) -> int:
                                                    or r["over_budget"]) else "  <-- look"
             print(f"[{k}/{len(todo)}] {case.klass} / {case.name}: {r['outcome']} {r['seconds']} s{flag}",
                   file=sys.stderr)
+        if args.serve_python is not None and (not args.only or args.only in "9 server"):
+            rows += server_rows(work, args.serve_python)
     table = markdown(rows)
     print(table)
     if args.json:

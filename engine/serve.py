@@ -31,9 +31,10 @@ Triton 2.51 (PyTriton 0.7) also waits for idle keep-alive HTTP connections to
 close: a client pool that keeps them open makes a shutdown take the whole
 ``--exit-timeout``, after which Triton unloads the models abruptly.
 
-Exposed beyond loopback (``--host``), put a proxy with a request-body limit
-in front: this Triton has no HTTP input-size limit, so a huge body reaches
-the server's memory before the per-image checks refuse it.
+HTTP clients reach a checking front (``engine/http_front.py``), Triton's own
+HTTP port stays on loopback: a body over ``--max-request-bytes`` is 413, a
+chunked one 411, an inference request whose JSON does not parse 400 (Triton
+itself answers 500), before Triton reads it; the rest passes unchanged.
 """
 from __future__ import annotations
 
@@ -59,7 +60,9 @@ from engine.files import printable
 
 DEFAULT_MAX_BATCH = 32  # the CPU backends' batch (engine.backends.CPU_MAX_BATCH): throughput flattens past it
 DEFAULT_QUEUE_DELAY_US = 2000  # ~5 % of one CPU batch-32 call: a few more requests join at little latency
-DEFAULT_MAX_IMAGE_BYTES = 16 * 1024 * 1024  # a 50 Mpx JPEG is ~25 MB; a face photo for verification is far less
+DEFAULT_MAX_IMAGE_BYTES = 16 * 1024 * 1024
+# A request body (engine/http_front.py): a full batch of 32 photos of ~1.5 MB, base64-encoded in JSON.
+DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024  # a 50 Mpx JPEG is ~25 MB; a face photo for verification is far less
 DEFAULT_EXIT_TIMEOUT_S = 10  # a CPU batch takes < 1 s; idle keep-alive clients hold a shutdown this long
 # PyTriton kills tritonserver 30 s after asking it to stop: a longer wait would be cut there.
 MAX_EXIT_TIMEOUT_S = 25
@@ -347,11 +350,12 @@ def serve(model=None, *, backend: str = "auto", precision: str | None = None, de
           max_batch: int = DEFAULT_MAX_BATCH, queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
           instances: int | None = None, workers: int | None = None, threshold: float | None = None,
           max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES, exit_timeout: int = DEFAULT_EXIT_TIMEOUT_S,
-          verbose: bool = False) -> int:
+          verbose: bool = False, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> int:
     """Serve ``embed`` and ``verify`` until SIGTERM/SIGINT; returns the exit code (0, or 2 with one error line)."""
     try:
         return _serve(model, backend, precision, device, host, http_port, grpc_port, metrics_port, max_batch,
-                      queue_delay_us, instances, workers, threshold, max_image_bytes, exit_timeout, verbose)
+                      queue_delay_us, instances, workers, threshold, max_image_bytes, exit_timeout, verbose,
+                      max_request_bytes)
     except KeyboardInterrupt:
         return 130
     except (ValueError, OSError, RuntimeError, TimeoutError, ImportError) as exc:
@@ -359,13 +363,14 @@ def serve(model=None, *, backend: str = "auto", precision: str | None = None, de
         return 2
 
 
-def _check(max_batch, queue_delay_us, instances, workers, threshold, max_image_bytes, exit_timeout, ports):
+def _check(max_batch, queue_delay_us, instances, workers, threshold, max_image_bytes, exit_timeout, ports,
+           max_request_bytes=DEFAULT_MAX_REQUEST_BYTES):
     if not 0 <= exit_timeout <= MAX_EXIT_TIMEOUT_S:
         raise UsageError(f"--exit-timeout must be 0-{MAX_EXIT_TIMEOUT_S} s (PyTriton stops waiting for the server "
                          f"after 30 s), got {exit_timeout}")
     for flag, value, low in (("--max-batch", max_batch, 1), ("--queue-delay-us", queue_delay_us, 0),
                              ("--instances", instances, 1), ("--workers", workers, 1),
-                             ("--max-image-bytes", max_image_bytes, 1)):
+                             ("--max-image-bytes", max_image_bytes, 1), ("--max-request-bytes", max_request_bytes, 1)):
         if value is not None and value < low:
             raise UsageError(f"{flag} must be >= {low}, got {value}")
     if threshold is not None and not (math.isfinite(threshold) and -1.0 <= threshold <= 1.0):
@@ -379,9 +384,10 @@ def _check(max_batch, queue_delay_us, instances, workers, threshold, max_image_b
 
 
 def _serve(model, backend, precision, device, host, http_port, grpc_port, metrics_port, max_batch, queue_delay_us,
-           instances, workers, threshold, max_image_bytes, exit_timeout, verbose) -> int:
+           instances, workers, threshold, max_image_bytes, exit_timeout, verbose,
+           max_request_bytes=DEFAULT_MAX_REQUEST_BYTES) -> int:
     _check(max_batch, queue_delay_us, instances, workers, threshold, max_image_bytes, exit_timeout,
-           {"--http-port": http_port, "--grpc-port": grpc_port, "--metrics-port": metrics_port})
+           {"--http-port": http_port, "--grpc-port": grpc_port, "--metrics-port": metrics_port}, max_request_bytes)
     check_environment()
     from pytriton.triton import Triton, TritonConfig
     from engine.embedder import default_workers
@@ -398,10 +404,15 @@ def _serve(model, backend, precision, device, host, http_port, grpc_port, metric
                      (("http", http_port), ("grpc", grpc_port), ("metrics", metrics_port))}
             use_running_libpython()
             logs = None if verbose else Path(tempfile.mkdtemp(prefix="engine-serve-")) / "tritonserver.log"
-            config = TritonConfig(http_address=host, http_port=ports["http"], grpc_address=host,
+            # Triton's HTTP port stays on loopback; clients reach the checking front (engine/http_front.py).
+            from engine.http_front import HttpFront
+
+            inner = free_port("127.0.0.1")
+            front = HttpFront(host, ports["http"], inner, max_request_bytes)
+            config = TritonConfig(http_address="127.0.0.1", http_port=inner, grpc_address=host,
                                   grpc_port=ports["grpc"], metrics_address=host, metrics_port=ports["metrics"],
                                   exit_timeout_secs=exit_timeout, log_verbose=1 if verbose else 0, log_file=logs)
-            with _Server(Triton(config=config), logs) as triton:
+            with _Server(Triton(config=config), logs, front) as triton:
                 for name, fns, inputs, outputs, cfg in _triton_models(service, n, max_batch, queue_delay_us):
                     triton.bind(model_name=name, infer_func=fns, inputs=inputs, outputs=outputs, config=cfg,
                                 strict=True)
@@ -412,6 +423,7 @@ def _serve(model, backend, precision, device, host, http_port, grpc_port, metric
                 except Exception as exc:  # PyTriton's own types: say what Triton said
                     raise RuntimeError(f"Triton Inference Server did not start: {type(exc).__name__}: "
                                        f"{exc}{_last_error(logs)}") from None
+                front.start()
                 url = f"http://{_url_host(host)}:{ports['http']}"
                 print(f"engine.serve: serving {url} (models embed, verify; gRPC {_url_host(host)}:{ports['grpc']}, "
                       f"metrics {_url_host(host)}:{ports['metrics']}/metrics)", flush=True)
@@ -433,10 +445,11 @@ def _serve(model, backend, precision, device, host, http_port, grpc_port, metric
 
 
 class _Server:
-    """``Triton`` as a context that always stops it (server process, proxy threads, workspace) and removes its log."""
+    """``Triton`` as a context that always stops it (server process, proxy threads, workspace), then the HTTP
+    front (after Triton has answered what it accepted), and removes its log."""
 
-    def __init__(self, triton, logs: Path | None):
-        self.triton, self.logs = triton, logs
+    def __init__(self, triton, logs: Path | None, front=None):
+        self.triton, self.logs, self.front = triton, logs, front
 
     def __enter__(self):
         return self.triton
@@ -445,6 +458,8 @@ class _Server:
         try:
             self.triton.stop()
         finally:
+            if self.front is not None:
+                self.front.stop()
             if self.logs is not None:
                 shutil.rmtree(self.logs.parent, ignore_errors=True)
 
@@ -496,6 +511,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "calibrated in the model's model.json)")
     p.add_argument("--max-image-bytes", type=int, default=DEFAULT_MAX_IMAGE_BYTES, help="an encoded image larger "
                    "than this is refused before decoding (default: %(default)s)")
+    p.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES, help="an HTTP request body "
+                   "larger than this is answered 413 before Triton reads it (default: %(default)s)")
     p.add_argument("--exit-timeout", type=int, default=DEFAULT_EXIT_TIMEOUT_S, help="seconds a shutdown waits for "
                    f"accepted requests to finish, at most {MAX_EXIT_TIMEOUT_S} (default: %(default)s)")
     p.add_argument("--verbose", action="store_true", help="show Triton's and PyTriton's logs")

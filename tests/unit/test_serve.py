@@ -78,6 +78,7 @@ def serve_python(tmp_path_factory):
     return py
 MAX_BATCH = 8
 MAX_IMAGE_BYTES = 1_000_000
+MAX_REQUEST_BYTES = 2_500_000  # an oversize image (MAX_IMAGE_BYTES + 10) still reaches the model to be refused in-band
 
 
 # ----------------------------------------------------------------------------- without a server
@@ -178,7 +179,8 @@ def server(serve_python):
     ports = [free_port() for _ in range(3)]
     argv = [str(serve_python), "-m", "engine.serve", "--http-port", str(ports[0]), "--grpc-port", str(ports[1]),
             "--metrics-port", str(ports[2]), "--max-batch", str(MAX_BATCH), "--queue-delay-us", "20000",
-            "--max-image-bytes", str(MAX_IMAGE_BYTES), "--exit-timeout", "10", *_backend_choice()]
+            "--max-image-bytes", str(MAX_IMAGE_BYTES), "--max-request-bytes", str(MAX_REQUEST_BYTES),
+            "--exit-timeout", "10", *_backend_choice()]
     proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     info = {"proc": proc, "http": f"127.0.0.1:{ports[0]}", "metrics": f"http://127.0.0.1:{ports[2]}/metrics"}
     try:
@@ -254,6 +256,21 @@ def test_health_and_metrics_endpoints(server):
     metrics = read_metrics(server["metrics"])
     assert "embed" in metrics["nv_inference_request_success"] and "verify" in metrics["nv_inference_request_success"]
     assert any("tritonserver" in cmd for cmd in server["tree"].values())
+
+
+def test_unparsable_and_oversized_bodies_are_4xx_not_500(server):
+    """Triton's own HTTP front end answers a body that is not JSON with 500; the server's front answers 400
+    (413 for a body over --max-request-bytes), and the server keeps serving."""
+    import urllib.error
+
+    url = f"http://{server['http']}/v2/models/verify/infer"
+    for body, code in ((b"{not json", 400), (b'{"inputs": 5}', 400), (b"x" * (3 * MAX_IMAGE_BYTES), 413)):
+        request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(request, timeout=30)
+        assert err.value.code == code and "error" in json.loads(err.value.read())
+    with urllib.request.urlopen(f"http://{server['http']}/v2/health/ready", timeout=10) as r:
+        assert r.status == 200
 
 
 def test_concurrent_good_and_bad_requests(server, pairs):
