@@ -187,11 +187,9 @@ class FaceVerifier:
             ref = self._embed_images(reference)[0]
             _, sampled = sample_frames(clip, fps, frames)
             timeline, crops = [], []
-            for seconds, rgb in sampled:  # each frame as a photo is prepared; a frame without a face is listed
-                try:
-                    prepared = self._preprocessor.prepare(rgb, f"{clip} at {seconds:.2f} s")
-                except NoFaceError as exc:
-                    timeline.append(Frame(round(seconds, 3), False, error=str(exc).split(": ", 1)[-1]))
+            for seconds, prepared in self._prepare_frames(sampled, clip):  # in time order
+                if isinstance(prepared, NoFaceError):  # a frame without a face is listed, never guessed
+                    timeline.append(Frame(round(seconds, 3), False, error=str(prepared).split(": ", 1)[-1]))
                     continue
                 box = [round(float(v), 1) for v in prepared.face.box] if prepared.face is not None else None
                 timeline.append(Frame(round(seconds, 3), True, box=box))
@@ -206,6 +204,23 @@ class FaceVerifier:
             return aggregate(timeline, embeddings, self.threshold)
         except NoFaceError as exc:
             raise NoFaceError(f"{clip}: {exc}") from None
+
+    def _prepare_frames(self, sampled, clip):
+        """(seconds, Prepared or the NoFaceError) per frame, prepared in threads as the Embedder prepares photos
+        (each thread its own detector, engine.preprocess.Preprocessor)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from engine.embedder import default_workers
+
+        def one(item):
+            seconds, rgb = item
+            try:
+                return seconds, self._preprocessor.prepare(rgb, f"{clip} at {seconds:.2f} s")
+            except NoFaceError as exc:
+                return seconds, exc
+
+        with ThreadPoolExecutor(max(1, min(default_workers(), len(sampled))), thread_name_prefix="frames") as pool:
+            return list(pool.map(one, sampled))
 
     @staticmethod
     def compare(embedding_a, embedding_b) -> float:
