@@ -23,10 +23,10 @@ is docs/reliability.md's::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -46,15 +46,18 @@ class Case:
     klass: str            # the issue's class: "1 tampered model", "3 not a face", ...
     name: str
     argv: list[str]
-    expect: str = "refused"  # "refused" | "decided" | "ok" (exit 0, e.g. a tool that writes)
+    expect: str = "refused"  # "refused" | "decided"
     protect: list[Path] = field(default_factory=list)  # must be byte-identical afterwards
     links: list[Path] = field(default_factory=list)    # symlink targets that must not change
     stdout_to: str | None = None  # "full" (/dev/full) or "closed"
 
 
 def digest(path: Path) -> str | None:
+    """What a protected path holds: its file's SHA-256, "dir", or None when it is gone."""
+    from engine.integrity import sha256_file
+
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ("dir" if path.is_dir() else None)
+        return sha256_file(path) if path.is_file() else ("dir" if path.is_dir() else None)
     except OSError:
         return None
 
@@ -115,10 +118,9 @@ def run_case(case: Case, cwd: Path) -> dict:
            "traceback": "Traceback (most recent call last)" in err_text,
            "data_loss": [str(p.name) for p in case.protect if before[p] != after[p]],
            "link_write": [str(p.name) for p in case.links if before[p] != after[p]]}
-    wanted = {"refused": "refused", "decided": "decided", "ok": "decided"}[case.expect]
     verdict = any(v in out_text.replace(" ", "") for v in ('"match":true', '"match":false', "sameperson"))
     row["wrong_decision"] = case.expect == "refused" and (outcome == "decided" or verdict)
-    row["as_expected"] = outcome == wanted and (case.expect != "ok" or rc == 0)
+    row["as_expected"] = outcome == case.expect
     row["over_budget"] = seconds > MAX_SECONDS or (rss or 0) > MAX_BYTES
     return row
 
@@ -443,7 +445,7 @@ def server_rows(work: Path, serve_python: Path) -> list[dict]:
                 rows.append(_server_row(name, expect, outcome, time.perf_counter() - start))
         peak = _tree_hwm(proc.pid)
     finally:
-        proc.send_signal(__import__("signal").SIGTERM)
+        proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:

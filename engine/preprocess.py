@@ -576,8 +576,7 @@ class Preprocessor:
                               f"up: rotated by more than ~45 degrees, or not a face)")
         crop = align_face(rgb, face.keypoints, self.size, cfg.template, cfg.margin)
         if self.refuse_non_faces:
-            self._second_look(crop if self.size >= SECOND_LOOK_SIZE else rgb, None if self.size >= SECOND_LOOK_SIZE
-                              else face, source)
+            self._second_look(rgb, face, source, crop)
         warnings = []
         if len(faces) > 1:
             warnings.append(f"{source}: {len(faces)} faces found, using the most central large one")
@@ -586,14 +585,15 @@ class Preprocessor:
                             f"the decision is unreliable")
         return Prepared(crop, face, len(faces), warnings)
 
-    def _second_look(self, image: np.ndarray, face, source: str) -> None:
+    def _second_look(self, image: np.ndarray, face, source: str, crop: np.ndarray | None = None) -> None:
         """Refuse a detection that does not hold up: the detector must find a face again in the face's
-        aligned crop, at least :data:`SECOND_LOOK_SIZE` px (``image`` itself when it is that crop, ``face`` None)."""
+        aligned crop, at least :data:`SECOND_LOOK_SIZE` px (``crop``, the model's own, is used when that big)."""
         from engine.align import align_face
 
         cfg = self.config
         size = max(self.size, SECOND_LOOK_SIZE)
-        crop = image if face is None else align_face(image, face.keypoints, size, cfg.template, cfg.margin)
+        if crop is None or crop.shape[0] < size:
+            crop = align_face(image, face.keypoints, size, cfg.template, cfg.margin)
         if not self.detector.detect(crop):
             raise NoFaceError(f"{source}: no face found on a second look (the detector finds none in the aligned "
                               f"crop: not a face, or too blurred or covered)")

@@ -433,9 +433,10 @@ def _clip(image_a, image_b, clips, *, json_output, model, backend, precision, de
     with FaceVerifier(model, backend=backend, precision=precision, device=device, threshold=threshold) as fv:
         result = fv.verify_video(photo, clip, fps, frames)
         backend_info = _describe(fv._backend)
+    fields = result.to_dict()
     info = {"match": result.match, "threshold": result.threshold, "photo": str(photo), "clip": str(clip),
-            **{k: v for k, v in result.to_dict().items() if k not in ("match", "threshold", "frames")},
-            **backend_info, "timeline": result.to_dict()["frames"]}
+            **{k: v for k, v in fields.items() if k not in ("match", "threshold", "frames")},
+            **backend_info, "timeline": fields["frames"]}
     if json_output:
         print(json.dumps(info, allow_nan=False))
     else:

@@ -159,7 +159,7 @@ class ClipVerification:
 
 
 def aggregate(frames: list[Frame], embeddings: np.ndarray, threshold: float) -> ClipVerification:
-    """The clip's decision from its frames (see the module docstring); VideoError when no frame has a face."""
+    """The clip's decision from its frames (see the module docstring); NoFaceError when no frame has a face."""
     faced = [f for f in frames if f.face]
     if not faced:
         raise NoFaceError(f"no face in any of the {len(frames)} sampled frames")
